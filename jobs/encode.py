@@ -1,0 +1,115 @@
+"""python -m jobs.encode --input SPEC --output DIR --vae SPEC [--weights PATH] ...
+
+Exit status: 0 all shards committed; 3 finished, some shards failed for good (see the manifest);
+2 usage error; 1 unexpected fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from pipeline.ray_session import configure_ray_environment
+
+configure_ray_environment()
+
+from pipeline.encode_settings import COMPUTE_DTYPES, EncodeSettings, RunSettings, UsageError  # noqa: E402
+from pipeline.cache_schema import LATENT_DTYPES  # noqa: E402
+from pipeline.job_summary import format_summary  # noqa: E402
+from pipeline.runner import JobReport, run_encode_job  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.encode",
+        description="Encode webdataset shards of video into a Parquet cache of VAE latents.",
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", required=True, help="shard spec: paths, globs, {00000..00127} ranges, comma lists, pipe:CMD")
+    io.add_argument("--output", required=True, help="cache directory (one Parquet file per shard + _manifest.json)")
+    io.add_argument("--overwrite", action="store_true", help="delete a cache made with another configuration first")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--vae", required=True, help="preset name (flux-ae, sd-ae, lightweight, high-res, tiny) or JSON config path")
+    model.add_argument("--weights", help="checkpoint (.safetensors; .pt/.pth loaded with weights_only)")
+    model.add_argument("--allow-random-weights", action="store_true", help="encode with seeded random weights (tests, demos)")
+    model.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    model.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+
+    clips = parser.add_argument_group("clips")
+    clips.add_argument("--num-frames", type=int, help="frames per clip (default 16 for 2D VAEs, 17 for 4x temporal VAEs)")
+    clips.add_argument("--frame-stride", type=int, default=1, help="take every Nth source frame")
+    clips.add_argument("--clips-per-video", type=int, default=1, help="at most this many non-overlapping clips, spread over the video")
+    clips.add_argument("--resolution", default="256", help="N (short side to N, center crop NxN), HxW (cover, center crop) or native")
+
+    cache = parser.add_argument_group("cache")
+    cache.add_argument("--latent-dtype", choices=sorted(LATENT_DTYPES), default="float16")
+    cache.add_argument("--store-moments", action="store_true", help="also store posterior mean and logvar (float32)")
+
+    run = parser.add_argument_group("execution")
+    run.add_argument("--address", help="join a Ray cluster (auto, HOST:PORT, ray://...); default: an embedded local Ray")
+    run.add_argument("--num-actors", type=int, default=1, help="actors, each holding one model")
+    run.add_argument("--cpus-per-actor", type=float, help="CPUs per actor; intra-op threads match (default: share all CPUs)")
+    run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (fractions share a GPU)")
+    run.add_argument("--batch-size", type=int, default=4, help="clips of one shape encoded together")
+    run.add_argument("--max-retries", type=int, default=2, help="retries of a failing shard before it is recorded as failed")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the actors' output")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSettings]:
+    settings = EncodeSettings(
+        vae=args.vae,
+        weights=args.weights,
+        allow_random_weights=args.allow_random_weights,
+        num_frames=args.num_frames,
+        frame_stride=args.frame_stride,
+        clips_per_video=args.clips_per_video,
+        resolution=args.resolution,
+        latent_dtype=args.latent_dtype,
+        compute_dtype=args.compute_dtype,
+        store_moments=args.store_moments,
+        seed=args.seed,
+    )
+    run = RunSettings(
+        num_actors=args.num_actors,
+        cpus_per_actor=args.cpus_per_actor or 1.0,
+        gpus_per_actor=args.gpus_per_actor,
+        batch_size=args.batch_size,
+        max_retries=args.max_retries,
+        address=args.address,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+        progress=not args.no_progress,
+    )
+    return settings, run
+
+
+def run_from_args(args: argparse.Namespace) -> JobReport:
+    settings, run = settings_from_args(args)
+    if settings.weights is None:
+        print("WARNING: encoding with RANDOM weights (--allow-random-weights): latents are meaningless; "
+              "the cache metadata records this.", file=sys.stderr)
+    return run_encode_job(args.input, args.output, settings, run, cpus_per_actor_explicit=args.cpus_per_actor is not None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run_from_args(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print("error: the job stopped on an unexpected error (above). Committed shards are kept; "
+              "rerunning the same command resumes.", file=sys.stderr)
+        return 1
+    print(format_summary(report))
+    return report.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Video bytes → clips of RGB frames at the size the VAE is fed (decord for decoding, torch for resizing).
+
+Sampling policy: a clip is `num_frames` frames taken every `frame_stride` source frames; up to
+`clips_per_video` clips are spread evenly over the video without overlapping. Frames are resized
+(bilinear, antialiased) to cover the target size, keeping the aspect ratio, then center-cropped.
+"""
+
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Frames resized per interpolate call: bounds the float32 working copy for long clips at large sizes.
+_RESIZE_CHUNK = 16
+
+
+class VideoDecodeError(Exception):
+    """The video cannot give the clips asked for; `reason` says why, in words for an error row."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    num_frames: int
+    frame_stride: int = 1
+    clips_per_video: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "frame_stride", "clips_per_video"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def span(self) -> int:
+        """Source frames one clip covers, first to last."""
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Target frame size; height and width both None keep the source's own size ("native")."""
+
+    height: int | None = None
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.height is None) != (self.width is None):
+            raise ValueError("Resolution needs both height and width, or neither (native)")
+        for value in (self.height, self.width):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"Resolution sizes must be positive integers, got {self.height}x{self.width}")
+
+    @property
+    def is_native(self) -> bool:
+        return self.height is None
+
+    def __str__(self) -> str:
+        if self.is_native:
+            return "native"
+        if self.height == self.width:
+            return str(self.height)
+        return f"{self.height}x{self.width}"
+
+
+_RESOLUTION_FORMS = ('"N" (short side to N, center crop N×N), '
+                     '"HxW" (cover H×W keeping the aspect ratio, center crop), '
+                     '"native" (keep the source size)')
+
+
+def parse_resolution(text: str) -> Resolution:
+    """Parse "N", "HxW" (height first) or "native"; anything else raises ValueError listing the forms."""
+    cleaned = text.strip().lower()
+    if cleaned == "native":
+        return Resolution()
+    square = re.fullmatch(r"(\d+)", cleaned)
+    box = re.fullmatch(r"(\d+)x(\d+)", cleaned)
+    sizes = [int(square[1])] * 2 if square else [int(box[1]), int(box[2])] if box else None
+    if sizes is None or min(sizes) < 1:
+        raise ValueError(f"bad resolution {text!r}; use {_RESOLUTION_FORMS}")
+    return Resolution(*sizes)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+@dataclass
+class DecodedClip:
+    clip_index: int
+    frame_start: int
+    num_frames: int
+    frame_stride: int
+    fps: float
+    src_height: int
+    src_width: int
+    height: int
+    width: int
+    frames: torch.Tensor  # uint8 (T, H, W, 3), RGB, contiguous
+
+
+def clip_starts(total_frames: int, sampling: ClipSampling) -> list[int]:
+    """First source frame of each clip: as many as fit (at most clips_per_video), evenly spread, no overlap."""
+    span = sampling.span
+    count = min(sampling.clips_per_video, total_frames // span)
+    if count == 0:
+        return []
+    if count == 1:
+        return [0]
+    return [i * (total_frames - span) // (count - 1) for i in range(count)]
+
+
+def _open(video: bytes, num_threads: int) -> decord.VideoReader:
+    if not video:
+        raise VideoDecodeError("video is empty (0 bytes)")
+    try:
+        return decord.VideoReader(io.BytesIO(video), num_threads=num_threads)
+    except AssertionError:
+        # decord asserts a positive frame count right after opening.
+        raise VideoDecodeError("video has no frames") from None
+    except (RuntimeError, decord.DECORDError) as error:
+        raise VideoDecodeError(f"cannot decode video (not a video, corrupt or truncated): {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _get_frames(reader: decord.VideoReader, indices: list[int]) -> np.ndarray:
+    try:
+        return reader.get_batch(indices).asnumpy()
+    except (RuntimeError, decord.DECORDError) as error:
+        raise VideoDecodeError(
+            f"decoding frames {indices[0]}..{indices[-1]} failed (corrupt or truncated video): {_first_line(error)}"
+        ) from None
+
+
+def probe_video(video: bytes, num_threads: int = 1) -> VideoInfo:
+    """Frame count, average fps and frame size (decodes the first frame: decord reports no size without it)."""
+    reader = _open(video, num_threads)
+    first = _get_frames(reader, [0])
+    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()),
+                     height=int(first.shape[1]), width=int(first.shape[2]))
+
+
+def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Resize (T, H, W, 3) uint8 frames to cover height×width keeping the aspect ratio, then center-crop."""
+    src_height, src_width = frames.shape[1:3]
+    scale = max(height / src_height, width / src_width)
+    # max() guards against a float product landing one pixel short of the target.
+    cover_height = max(height, round(src_height * scale))
+    cover_width = max(width, round(src_width * scale))
+    clip = torch.from_numpy(frames)
+    if (cover_height, cover_width) != (src_height, src_width):
+        resized = []
+        for chunk in clip.split(_RESIZE_CHUNK):
+            chunk = chunk.permute(0, 3, 1, 2).to(torch.float32)
+            chunk = F.interpolate(chunk, size=(cover_height, cover_width), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            resized.append(chunk.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+        clip = torch.cat(resized)
+    top = (cover_height - height) // 2
+    left = (cover_width - width) // 2
+    return clip[:, top:top + height, left:left + width].contiguous()
+
+
+def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
+               num_threads: int = 1) -> Iterator[DecodedClip]:
+    """Decode the planned clips one at a time, so memory holds one clip, not the video.
+
+    Everything that can be known before the first clip (unreadable bytes, too few frames, sizes that
+    are not multiples of `spatial_factor`) raises VideoDecodeError here, when called, before any
+    clip is produced. A later clip can still fail to decode (damage inside the stream): the iterator
+    then raises VideoDecodeError after the clips already produced. `num_threads` is decord's; resizing
+    uses torch's intra-op threads, which the caller sets.
+    """
+    if spatial_factor < 1:
+        raise ValueError(f"spatial_factor must be positive, got {spatial_factor}")
+    if not resolution.is_native and (resolution.height % spatial_factor or resolution.width % spatial_factor):
+        raise VideoDecodeError(
+            f"resolution {resolution.height}x{resolution.width} is not a multiple of the VAE's spatial factor "
+            f"{spatial_factor}")
+    reader = _open(video, num_threads)
+    total = len(reader)
+    starts = clip_starts(total, sampling)
+    if not starts:
+        raise VideoDecodeError(
+            f"video has {total} frames; a clip of {sampling.num_frames} frames at stride {sampling.frame_stride} "
+            f"needs {sampling.span}")
+    fps = float(reader.get_avg_fps()) / sampling.frame_stride
+
+    def frames_from(start: int) -> np.ndarray:
+        return _get_frames(reader, list(range(start, start + sampling.span, sampling.frame_stride)))
+
+    first = frames_from(starts[0])
+    src_height, src_width = first.shape[1:3]
+    if resolution.is_native and (src_height % spatial_factor or src_width % spatial_factor):
+        raise VideoDecodeError(
+            f"native size {src_height}x{src_width} is not a multiple of the VAE's spatial factor {spatial_factor}; "
+            f"use --resolution N or HxW")
+    height, width = (src_height, src_width) if resolution.is_native else (resolution.height, resolution.width)
+
+    def clips() -> Iterator[DecodedClip]:
+        nonlocal first
+        for clip_index, start in enumerate(starts):
+            if clip_index == 0:
+                frames, first = first, None  # let the first clip go once it is handed out
+            else:
+                frames = frames_from(start)
+            yield DecodedClip(
+                clip_index=clip_index, frame_start=start, num_frames=sampling.num_frames,
+                frame_stride=sampling.frame_stride, fps=fps, src_height=src_height, src_width=src_width,
+                height=height, width=width, frames=resize_and_crop(frames, height, width))
+
+    return clips()
+
+
+def decode_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
+                 num_threads: int = 1) -> list[DecodedClip]:
+    """All clips of a video at once; a failure on any clip raises, so callers get all clips or none."""
+    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads))

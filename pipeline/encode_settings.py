@@ -1,0 +1,88 @@
+"""What an encode job produces (hashed, so a resume can refuse a changed job) and how it runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.cache_schema import LATENT_DTYPES
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class UsageError(ValueError):
+    """Bad flags or inputs: the job stops before doing any work (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Everything that changes the bytes of the cache. `num_frames=None` means the VAE's default."""
+
+    vae: str
+    weights: str | None = None
+    allow_random_weights: bool = False
+    num_frames: int | None = None
+    frame_stride: int = 1
+    clips_per_video: int = 1
+    resolution: str = "256"
+    latent_dtype: str = "float16"
+    compute_dtype: str = "auto"
+    store_moments: bool = False
+    # Seeds the random initialisation, so every actor of a random-weights job holds the same model.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.latent_dtype not in LATENT_DTYPES:
+            raise UsageError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, not {self.latent_dtype!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise UsageError(f"--compute-dtype must be one of {list(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
+        for name in ("frame_stride", "clips_per_video"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise UsageError("--num-frames must be at least 1")
+        if self.weights is None and not self.allow_random_weights:
+            raise UsageError(
+                "no --weights given: encoding with a randomly initialised VAE produces meaningless latents. "
+                "Pass --weights PATH (safetensors), or --allow-random-weights for tests and demos."
+            )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the job runs; changing these never changes the cache."""
+
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 4
+    max_retries: int = 2
+    address: str | None = None
+    overwrite: bool = False
+    prefetch_samples: int = 4
+    verbose: bool = False
+    progress: bool = True
+    ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_actors < 1:
+            raise UsageError("--num-actors must be at least 1")
+        if self.cpus_per_actor <= 0:
+            raise UsageError("--cpus-per-actor must be positive")
+        if self.gpus_per_actor < 0:
+            raise UsageError("--gpus-per-actor cannot be negative")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.max_retries < 0:
+            raise UsageError("--max-retries cannot be negative")
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """A stable hash of the cache's identity (a JSON-able dict)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_dict(settings: EncodeSettings) -> dict[str, Any]:
+    return asdict(settings)
