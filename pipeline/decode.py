@@ -131,7 +131,8 @@ def _open(video: bytes, num_threads: int) -> decord.VideoReader:
         # decord asserts a positive frame count right after opening.
         raise VideoDecodeError("video has no frames") from None
     except (RuntimeError, decord.DECORDError) as error:
-        raise VideoDecodeError(f"cannot decode video (not a video, corrupt or truncated): {_first_line(error)}") from None
+        raise VideoDecodeError(
+            f"cannot decode video (not a video, corrupt or truncated): {_first_line(error)}") from None
 
 
 def _first_line(error: Exception) -> str:

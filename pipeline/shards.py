@@ -255,7 +255,9 @@ class _CheckedTarInfo(tarfile.TarInfo):
 
 
 # What a cut or garbled stream raises from tarfile (zlib.error and EOFError from compressed tars).
-_TAR_ERRORS = (tarfile.TarError, _BrokenTar, EOFError, OSError, zlib.error)
+# Not OSError: a failing read is the storage's fault and may pass, so the attempt fails and is
+# retried, whereas a truncated tar is committed as `partial` and never retried.
+_TAR_ERRORS = (tarfile.TarError, _BrokenTar, EOFError, zlib.error)
 
 
 class ShardReader:
@@ -361,12 +363,9 @@ class ShardReader:
     def _key_and_extension(info: tarfile.TarInfo) -> tuple[str, str] | None:
         if not info.isreg():
             return None
-        name = info.name
-        if "/" not in name and name.startswith("__") and name.endswith("__"):
+        if _META_MEMBER.match(info.name):
             return None
-        if _META_MEMBER.match(name):
-            return None
-        match = _KEY_AND_EXTENSION.match(name)
+        match = _KEY_AND_EXTENSION.match(info.name)
         if match is None:
             return None
         return match[1], match[2].lower()
