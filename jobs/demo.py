@@ -61,23 +61,26 @@ def main(argv: list[str] | None = None) -> int:
         clips_per_video=args.clips_per_video,
         resolution=args.resolution,
     )
+    # A fresh cache each time, so the demo always shows a real run rather than a resume.
+    shutil.rmtree(workdir / "cache", ignore_errors=True)
     try:
         report = run_encode_job(
             str(workdir / "shards" / "*.tar"),
             str(workdir / "cache"),
             settings,
-            RunSettings(num_actors=args.num_actors, overwrite=True),
+            RunSettings(num_actors=args.num_actors),
             cpus_per_actor_explicit=False,
         )
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(report))
-    first_ok = next(
-        (row for path in sorted((workdir / "cache").glob("*.parquet"))
-         for row in pq.read_table(path, columns=["key", "status"]).to_pylist() if row["status"] == "ok"),
-        None,
-    )
+    rows = [row for path in sorted((workdir / "cache").glob("*.parquet"))
+            for row in pq.read_table(path, columns=["key", "status", "error"]).to_pylist()]
+    for row in rows:
+        if row["status"] == "error":
+            print(f"{'error row':<18}{row['key']}: {row['error']}")
+    first_ok = next((row for row in rows if row["status"] == "ok"), None)
     if first_ok is not None:
         latent = load_latent(workdir / "cache", first_ok["key"])
         print(f"{'latent shape':<18}{tuple(latent.shape)} {latent.dtype} (C, T, H, W), e.g. {first_ok['key']}")

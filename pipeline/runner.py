@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cache_schema import SCORE_DEFINITIONS, cache_metadata
+from pipeline.decode import parse_resolution
 from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError, identity_hash
 from pipeline.manifest import committed_files, load_manifest, read_committed_shard, summarize, write_manifest
 from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
@@ -99,11 +100,23 @@ def _prepare_output(output: Path, job_hash: str, overwrite: bool) -> dict[str, d
     return committed
 
 
+def _check_resolution(text: str, spatial_factor: int) -> None:
+    try:
+        resolution = parse_resolution(text)
+    except ValueError as exc:
+        raise UsageError(f"--resolution: {exc}") from exc
+    if not resolution.is_native and (resolution.height % spatial_factor or resolution.width % spatial_factor):
+        raise UsageError(
+            f"--resolution {text}: height and width must be multiples of the VAE's spatial factor {spatial_factor}"
+        )
+
+
 def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: bool = False) -> EncodePlan:
     vae_description = describe_vae(settings)
     if settings.num_frames is None:
         settings = replace(settings, num_frames=default_num_frames(vae_description["temporal_factor"]))
     check_num_frames(settings.num_frames, vae_description["temporal_factor"])
+    _check_resolution(settings.resolution, vae_description["spatial_factor"])
     try:
         urls = expand_input_spec(input_spec)
         names = check_unique_names(urls)

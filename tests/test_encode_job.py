@@ -204,3 +204,12 @@ def test_unwritable_output_exits_2(shards, tmp_path, capsys):
                           "--vae", "tiny", "--allow-random-weights"])
     assert status == 2
     assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resolution, message", [("big", "--resolution"), ("33", "multiples")])
+def test_bad_resolution_exits_2_before_any_work(resolution, message, shards, tmp_path, capsys):
+    status = encode_main(["--input", str(shards / "shard-00000.tar"), "--output", str(tmp_path),
+                          "--vae", "tiny", "--allow-random-weights", "--resolution", resolution])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.parquet"))
