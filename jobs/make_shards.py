@@ -7,7 +7,7 @@ Exit status: 0 written; 2 usage error (SRC_DIR missing or holding no videos, bad
 import argparse
 import sys
 
-from pipeline.shards import PackingError, pack_videos_into_shards
+from pipeline.shard_packing import PackingError, pack_videos_into_shards
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,14 +89,6 @@ def parse_resolution(text: str) -> Resolution:
     return Resolution(*sizes)
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    num_frames: int
-    fps: float
-    height: int
-    width: int
-
-
 @dataclass
 class DecodedClip:
     clip_index: int
@@ -147,14 +139,6 @@ def _get_frames(reader: decord.VideoReader, indices: list[int]) -> np.ndarray:
         raise VideoDecodeError(
             f"decoding frames {indices[0]}..{indices[-1]} failed (corrupt or truncated video): {_first_line(error)}"
         ) from None
-
-
-def probe_video(video: bytes, num_threads: int = 1) -> VideoInfo:
-    """Frame count, average fps and frame size (decodes the first frame: decord reports no size without it)."""
-    reader = _open(video, num_threads)
-    first = _get_frames(reader, [0])
-    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()),
-                     height=int(first.shape[1]), width=int(first.shape[2]))
 
 
 def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:

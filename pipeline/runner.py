@@ -23,7 +23,7 @@ from pipeline.model_loading import check_num_frames, default_num_frames, describ
 from pipeline.ray_session import connect, node_cpu_counts
 from pipeline.shard_processing import ShardEncoder, ShardTask
 from pipeline.shard_writer import TMP_DIR_NAME
-from pipeline.shards import InputSpecError, check_unique_names, expand_input_spec
+from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
 from pipeline.version import code_version
 
 NULL_SCORE_REASON = "not computed: this version of the encode job does not score clips"

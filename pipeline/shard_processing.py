@@ -20,7 +20,7 @@ from pipeline.decode import ClipSampling, DecodedClip, VideoDecodeError, decode_
 from pipeline.encode_settings import EncodeSettings
 from pipeline.model_loading import build_model
 from pipeline.shard_writer import ShardFileWriter
-from pipeline.shards import ShardReader, ShardSample
+from pipeline.shard_reader import ShardReader, ShardSample
 
 
 @dataclass(frozen=True)

