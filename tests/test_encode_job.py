@@ -213,3 +213,22 @@ def test_bad_resolution_exits_2_before_any_work(resolution, message, shards, tmp
     assert status == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_stored_moments_give_back_the_cached_latent(shards, tmp_path, local_ray):
+    config = tmp_path / "vae.json"
+    config.write_text(json.dumps({"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 4,
+                                  "scale_factor": 0.5, "shift_factor": 0.1}))
+    settings = EncodeSettings(**{**SETTINGS, "vae": str(config), "store_moments": True})
+    report = run_encode_job(str(shards / "shard-00000.tar"), str(tmp_path / "cache"), settings, QUIET)
+    assert report.exit_status == 0
+    rows = [row for row in pq.read_table(tmp_path / "cache" / "shard-00000.parquet").to_pylist()
+            if row["status"] == "ok"]
+    assert len(rows) == 3
+    for row in rows:
+        c, t, h, w = row["latent_shape"]
+        moments = torch.frombuffer(bytearray(row["moments"]), dtype=torch.float32).reshape(2 * c, t, h, w)
+        latent = load_latent(tmp_path / "cache", row["key"])
+        torch.testing.assert_close(latent, 0.5 * (moments[:c] - 0.1), atol=1e-6, rtol=0)
+        assert row["latent_mean"] == pytest.approx(latent.mean().item(), abs=1e-6)
+        assert row["latent_std"] == pytest.approx(latent.std().item(), abs=1e-6)
