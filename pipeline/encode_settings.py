@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.cache_schema import LATENT_DTYPES
@@ -64,7 +64,6 @@ class RunSettings:
     prefetch_samples: int = 4
     verbose: bool = False
     progress: bool = True
-    ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
@@ -82,7 +81,3 @@ class RunSettings:
 def identity_hash(identity: dict[str, Any]) -> str:
     """A stable hash of the cache's identity (a JSON-able dict)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def settings_dict(settings: EncodeSettings) -> dict[str, Any]:
-    return asdict(settings)

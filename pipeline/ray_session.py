@@ -45,7 +45,23 @@ def connect(address: str | None, verbose: bool = False, init_kwargs: dict[str, A
     ray.init(**kwargs)
 
 
-def node_cpu_counts() -> list[float]:
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each live node."""
     import ray
 
-    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def actors_that_fit(cpus: float, gpus: float) -> int:
+    """How many actors of this shape the cluster can hold at once.
+
+    An actor asking for more than any node has is never placed, and a shard sent to it would wait
+    forever, so the runner sizes its pool with this rather than trusting the request.
+    """
+    count = 0
+    for resources in node_resources():
+        per_node = int(resources.get("CPU", 0.0) // cpus) if cpus > 0 else 1 << 30
+        if gpus > 0:
+            per_node = min(per_node, int(resources.get("GPU", 0.0) // gpus))
+        count += per_node
+    return count

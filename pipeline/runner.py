@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from pipeline.decode import parse_resolution
 from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError, identity_hash
 from pipeline.manifest import committed_files, load_manifest, read_committed_shard, summarize, write_manifest
 from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
-from pipeline.ray_session import connect, node_cpu_counts
+from pipeline.ray_session import actors_that_fit, connect, node_resources
 from pipeline.shard_processing import ShardEncoder, ShardTask
 from pipeline.shard_writer import TMP_DIR_NAME
 from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
@@ -168,11 +169,23 @@ def _manifest(plan: EncodePlan, input_spec: str, shards: dict[str, dict[str, Any
     }
 
 
-def _cpus_per_actor(run: RunSettings, explicit: bool) -> float:
-    if explicit:
-        return run.cpus_per_actor
-    nodes = node_cpu_counts()
-    return float(max(1, min(int(sum(nodes) // run.num_actors), int(max(nodes, default=1)))))
+def _actor_shape(run: RunSettings, cpus_explicit: bool) -> tuple[float, int]:
+    """CPUs per actor (by default the cluster's CPUs shared among the actors, within one node) and
+    how many actors to start; a shape no node can hold is a usage error, not a hang."""
+    cpus = run.cpus_per_actor
+    if not cpus_explicit:
+        node_cpus = [resources.get("CPU", 0.0) for resources in node_resources()]
+        cpus = float(max(1, min(int(sum(node_cpus) // run.num_actors), int(max(node_cpus, default=1)))))
+    fit = actors_that_fit(cpus, run.gpus_per_actor)
+    if fit == 0:
+        raise UsageError(
+            f"no node of the Ray cluster can hold an actor with {cpus:g} CPUs and {run.gpus_per_actor:g} GPUs; "
+            "lower --cpus-per-actor / --gpus-per-actor, or add nodes"
+        )
+    if fit < run.num_actors:
+        print(f"warning: the cluster holds {fit} actors of {cpus:g} CPUs and {run.gpus_per_actor:g} GPUs, "
+              f"not {run.num_actors}; starting {fit}", file=sys.stderr)
+    return cpus, min(run.num_actors, fit)
 
 
 def run_encode_job(
@@ -197,8 +210,8 @@ def run_encode_job(
         report.elapsed_s = time.perf_counter() - started
         return report
 
-    connect(run.address, run.verbose, run.ray_init_kwargs)
-    cpus = _cpus_per_actor(run, cpus_per_actor_explicit)
+    connect(run.address, run.verbose)
+    cpus, num_actors = _actor_shape(run, cpus_per_actor_explicit)
     actor_class = ray.remote(ShardEncoder).options(
         num_cpus=cpus, num_gpus=run.gpus_per_actor, max_restarts=0, max_concurrency=1
     )
@@ -208,7 +221,7 @@ def run_encode_job(
 
     pending = deque(plan.tasks)
     attempts: dict[str, list[str]] = {task.name: [] for task in plan.tasks}
-    idle = [new_actor() for _ in range(min(run.num_actors, len(plan.tasks)))]
+    idle = [new_actor() for _ in range(min(num_actors, len(plan.tasks)))]
     in_flight: dict[Any, tuple[Any, ShardTask]] = {}
     progress = JobProgress(len(plan.tasks), enabled=run.progress)
     try:

@@ -232,3 +232,18 @@ def test_stored_moments_give_back_the_cached_latent(shards, tmp_path, local_ray)
         torch.testing.assert_close(latent, 0.5 * (moments[:c] - 0.1), atol=1e-6, rtol=0)
         assert row["latent_mean"] == pytest.approx(latent.mean().item(), abs=1e-6)
         assert row["latent_std"] == pytest.approx(latent.std().item(), abs=1e-6)
+
+
+def test_actors_no_node_can_hold_are_a_usage_error(shards, tmp_path, local_ray, capsys):
+    status = encode_main(["--input", str(shards / "shard-00000.tar"), "--output", str(tmp_path),
+                          "--vae", "tiny", "--allow-random-weights", "--resolution", "32", "--num-frames", "4",
+                          "--gpus-per-actor", "1", "--no-progress"])
+    assert status == 2
+    assert "no node of the Ray cluster can hold" in capsys.readouterr().err
+
+
+def test_more_actors_than_fit_are_trimmed(shards, tmp_path, local_ray, capsys):
+    run = RunSettings(num_actors=5, cpus_per_actor=1, progress=False)
+    report = run_encode_job(str(shards / "shard-0000[01].tar"), str(tmp_path), EncodeSettings(**SETTINGS), run)
+    assert report.exit_status == 0
+    assert "holds 2 actors" in capsys.readouterr().err
