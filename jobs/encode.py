@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (fractions share a GPU)")
     run.add_argument("--batch-size", type=int, default=4, help="clips of one shape encoded together")
     run.add_argument("--max-retries", type=int, default=2, help="retries of a failing shard before it is recorded as failed")
+    run.add_argument("--shard-timeout", type=float, default=3600.0,
+                     help="seconds one shard attempt may take before its actor is killed and the shard retried")
+    run.add_argument("--max-shards-per-actor", type=int, default=50,
+                     help="recycle an actor after this many shards, containing decoder leaks (0: never)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the actors' output")
     return parser
@@ -79,6 +83,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         gpus_per_actor=args.gpus_per_actor,
         batch_size=args.batch_size,
         max_retries=args.max_retries,
+        shard_timeout=args.shard_timeout,
+        max_shards_per_actor=args.max_shards_per_actor,
         address=args.address,
         overwrite=args.overwrite,
         verbose=args.verbose,

@@ -59,6 +59,10 @@ class RunSettings:
     gpus_per_actor: float = 0.0
     batch_size: int = 4
     max_retries: int = 2
+    # A stuck decoder never returns; killing its actor after this long is the only way out.
+    shard_timeout: float | None = 3600.0
+    # Recycling actors contains slow leaks in native decoders (0: never).
+    max_shards_per_actor: int = 50
     address: str | None = None
     overwrite: bool = False
     prefetch_samples: int = 4
@@ -76,6 +80,10 @@ class RunSettings:
             raise UsageError("--batch-size must be at least 1")
         if self.max_retries < 0:
             raise UsageError("--max-retries cannot be negative")
+        if self.shard_timeout is not None and self.shard_timeout <= 0:
+            raise UsageError("--shard-timeout must be positive")
+        if self.max_shards_per_actor < 0:
+            raise UsageError("--max-shards-per-actor cannot be negative")
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

@@ -1,33 +1,31 @@
-"""The encode job's driver: plan shards, keep a pool of Ray actors busy, record every outcome.
+"""The encode job's driver: keep a pool of Ray actors busy with shards and record every outcome.
 
-Steps live in `shard_processing`; this module only decides who processes which shard, when to
-retry, and what the manifest says.
+Steps live in `shard_processing` and planning in `job_plan`; this module only decides which actor
+processes which shard, when an attempt has failed (error, dead actor or node, timeout), when to
+retry, when to recycle an actor, and what the manifest says.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
+import os
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.cache_schema import SCORE_DEFINITIONS, cache_metadata
-from pipeline.decode import parse_resolution
-from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError, identity_hash
-from pipeline.manifest import committed_files, load_manifest, read_committed_shard, summarize, write_manifest
-from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
+from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError
+from pipeline.fault_injection import FAULTS_ENV
+from pipeline.job_plan import EncodePlan, manifest_document, plan_job
+from pipeline.manifest import summarize, write_manifest
+from pipeline.progress import JobProgress
 from pipeline.ray_session import actors_that_fit, connect, node_resources
-from pipeline.shard_processing import ShardEncoder, ShardTask
-from pipeline.shard_writer import TMP_DIR_NAME
-from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
-from pipeline.version import code_version
+from pipeline.shard_processing import ShardEncoder, ShardOutcome, ShardTask
+from pipeline.shard_writer import discard_attempt_files, remove_empty_tmp_dir
 
-NULL_SCORE_REASON = "not computed: this version of the encode job does not score clips"
+# How often the driver wakes to check timeouts when no shard finishes.
+POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -46,127 +44,6 @@ class JobReport:
     @property
     def exit_status(self) -> int:
         return 3 if self.failed else 0
-
-
-@dataclass(frozen=True)
-class EncodePlan:
-    settings: EncodeSettings
-    vae: dict[str, Any]
-    identity: dict[str, Any]
-    job_hash: str
-    tasks: list[ShardTask]
-    skipped: list[str]
-    committed: dict[str, dict[str, Any]]
-    cache_fields: dict[bytes, bytes]
-
-
-def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any]) -> dict[str, Any]:
-    """What a rerun must match to add to an existing cache."""
-    produced = dataclasses.asdict(settings)
-    del produced["vae"], produced["weights"]
-    return {"vae": {k: v for k, v in vae_description.items() if k not in ("spec", "weights")}, **produced}
-
-
-def _prepare_output(output: Path, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
-    """Create OUTPUT, clear `_tmp/`, and return the shards already committed by the same job."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--output {str(output)!r} is not writable: {exc}") from exc
-    shutil.rmtree(output / TMP_DIR_NAME, ignore_errors=True)
-    manifest = load_manifest(output)
-    committed: dict[str, dict[str, Any]] = {}
-    foreign = []
-    for path in committed_files(output):
-        metadata, shard = read_committed_shard(path)
-        if metadata.get("job_hash") != job_hash:
-            foreign.append(path.name)
-        committed[path.stem] = {**shard, "status": shard.get("status", "committed")}
-    if manifest is not None and manifest.get("job", {}).get("hash") != job_hash:
-        foreign.append("_manifest.json")
-    if foreign and not overwrite:
-        raise UsageError(
-            f"{output} already holds a cache made with a different job configuration "
-            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}). "
-            "Use another --output, or --overwrite to delete that cache and start again."
-        )
-    if foreign:
-        for path in committed_files(output):
-            path.unlink()
-        (output / "_manifest.json").unlink(missing_ok=True)
-        committed = {}
-    return committed
-
-
-def _check_resolution(text: str, spatial_factor: int) -> None:
-    try:
-        resolution = parse_resolution(text)
-    except ValueError as exc:
-        raise UsageError(f"--resolution: {exc}") from exc
-    if not resolution.is_native and (resolution.height % spatial_factor or resolution.width % spatial_factor):
-        raise UsageError(
-            f"--resolution {text}: height and width must be multiples of the VAE's spatial factor {spatial_factor}"
-        )
-
-
-def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: bool = False) -> EncodePlan:
-    vae_description = describe_vae(settings)
-    if settings.num_frames is None:
-        settings = replace(settings, num_frames=default_num_frames(vae_description["temporal_factor"]))
-    check_num_frames(settings.num_frames, vae_description["temporal_factor"])
-    _check_resolution(settings.resolution, vae_description["spatial_factor"])
-    try:
-        urls = expand_input_spec(input_spec)
-        names = check_unique_names(urls)
-    except InputSpecError as exc:
-        raise UsageError(f"--input {input_spec!r}: {exc}") from exc
-    identity = cache_identity(settings, vae_description)
-    job_hash = identity_hash(identity)
-    output_path = Path(output).resolve()
-    committed = _prepare_output(output_path, job_hash, overwrite)
-    tasks = [ShardTask(url, name, str(output_path)) for url, name in names.items() if name not in committed]
-    skipped = [url for url, name in names.items() if name in committed]
-    fields = {
-        "job_hash": job_hash,
-        "vae": vae_description,
-        "latent_dtype": settings.latent_dtype,
-        "sampling": {
-            "num_frames": settings.num_frames,
-            "frame_stride": settings.frame_stride,
-            "clips_per_video": settings.clips_per_video,
-            "resolution": settings.resolution,
-        },
-        "compute_dtype": settings.compute_dtype,
-        "store_moments": settings.store_moments,
-        "allow_random_weights": settings.allow_random_weights,
-        "score_definitions": SCORE_DEFINITIONS,
-        "thresholds": {},
-        "null_scores": dict.fromkeys(SCORE_DEFINITIONS, NULL_SCORE_REASON),
-        "code_version": code_version(),
-    }
-    return EncodePlan(
-        settings, vae_description, identity, job_hash, tasks, skipped, committed, cache_metadata(fields)
-    )
-
-
-def _manifest(plan: EncodePlan, input_spec: str, shards: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "contract_version": 1,
-        "job": {
-            "hash": plan.job_hash,
-            "input": input_spec,
-            "settings": dataclasses.asdict(plan.settings),
-            "identity": plan.identity,
-            "code_version": code_version(),
-        },
-        "model": plan.vae,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "totals": summarize(shards),
-        "shards": dict(sorted(shards.items())),
-    }
 
 
 def _actor_shape(run: RunSettings, cpus_explicit: bool) -> tuple[float, int]:
@@ -188,6 +65,167 @@ def _actor_shape(run: RunSettings, cpus_explicit: bool) -> tuple[float, int]:
     return cpus, min(run.num_actors, fit)
 
 
+@dataclass
+class _Attempt:
+    actor: Any
+    task: ShardTask
+    started: float
+
+
+class ActorPool:
+    """Actors that each hold the model. A dead, hung or recycled actor is killed and replaced while
+    the cluster can still place one, so a lost node shrinks the pool instead of stranding shards."""
+
+    def __init__(self, make_actor: Callable[[], Any], size: int, cpus: float, gpus: float, max_shards: int) -> None:
+        import ray
+
+        self._ray = ray
+        self._make_actor = make_actor
+        self._cpus, self._gpus = cpus, gpus
+        self.max_shards = max_shards
+        self.idle: list[Any] = [make_actor() for _ in range(size)]
+        self.busy = 0
+        self._shards_done: dict[Any, int] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + self.busy
+
+    def take(self) -> Any:
+        self.busy += 1
+        return self.idle.pop()
+
+    def give_back(self, actor: Any) -> None:
+        """Return a healthy actor; after `max_shards` shards it is recycled to contain decoder leaks."""
+        self.busy -= 1
+        done = self._shards_done.get(actor, 0) + 1
+        if self.max_shards and done >= self.max_shards:
+            self._shards_done.pop(actor, None)
+            self._ray.kill(actor)
+            self.idle.append(self._make_actor())
+            return
+        self._shards_done[actor] = done
+        self.idle.append(actor)
+
+    def discard(self, actor: Any) -> None:
+        """Kill a dead or hung actor; replace it only if the cluster can still place another."""
+        self.busy -= 1
+        self._shards_done.pop(actor, None)
+        self._ray.kill(actor)
+        if actors_that_fit(self._cpus, self._gpus) > self.size:
+            self.idle.append(self._make_actor())
+
+    def shutdown(self, in_flight: list[Any]) -> None:
+        for actor in [*self.idle, *in_flight]:
+            self._ray.kill(actor)
+
+
+class ShardScheduler:
+    """Hands shards to idle actors, one at a time, and turns every result into a manifest entry."""
+
+    def __init__(self, plan: EncodePlan, input_spec: str, output: str, run: RunSettings, pool: ActorPool,
+                 report: JobReport) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self._ray = ray
+        self._actor_errors, self._task_errors = RayActorError, RayTaskError
+        self.plan, self.input_spec, self.output, self.run, self.pool, self.report = (
+            plan, input_spec, output, run, pool, report)
+        self.pending = deque(plan.tasks)
+        self.attempts: dict[str, list[str]] = {task.name: [] for task in plan.tasks}
+        self.in_flight: dict[Any, _Attempt] = {}
+        self.progress = JobProgress(len(plan.tasks), enabled=run.progress)
+
+    def run_to_completion(self) -> None:
+        try:
+            while self.pending or self.in_flight:
+                self._dispatch()
+                if not self.in_flight:
+                    self._fail_remaining("no actor left: no node of the cluster can hold one any more")
+                    break
+                done, _ = self._ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_SECONDS)
+                for ref in done:
+                    self._finish(ref)
+                self._expire_timeouts()
+        finally:
+            self.progress.close()
+            self.pool.shutdown([attempt.actor for attempt in self.in_flight.values()])
+            remove_empty_tmp_dir(self.output)
+
+    def _dispatch(self) -> None:
+        while self.pending and self.pool.idle:
+            actor = self.pool.take()
+            task = self.pending.popleft()
+            task = replace(task, attempt=len(self.attempts[task.name]))
+            self.in_flight[actor.process.remote(task)] = _Attempt(actor, task, time.monotonic())
+
+    def _finish(self, ref: Any) -> None:
+        attempt = self.in_flight.pop(ref)
+        try:
+            outcome: ShardOutcome = self._ray.get(ref)
+        except self._actor_errors as exc:
+            self._abandon(attempt, f"actor died: {_last_line(str(exc))}")
+        except self._task_errors as exc:
+            self.pool.give_back(attempt.actor)
+            cause = exc.cause
+            self._failed_attempt(attempt.task, f"{type(cause).__name__}: {cause}" if cause else _last_line(str(exc)))
+        else:
+            self.pool.give_back(attempt.actor)
+            entry = outcome.to_dict()
+            if self.attempts[attempt.task.name]:
+                entry["failed_attempts"] = self.attempts[attempt.task.name]
+            self.report.shards[attempt.task.name] = entry
+            self.progress.shard_done(outcome.clips, outcome.error_rows)
+            self._write_manifest()
+
+    def _expire_timeouts(self) -> None:
+        if not self.run.shard_timeout:
+            return
+        now = time.monotonic()
+        for ref, attempt in list(self.in_flight.items()):
+            if now - attempt.started > self.run.shard_timeout:
+                del self.in_flight[ref]
+                # A hung decoder may hold the GIL in native code: only killing the process frees it.
+                self._abandon(attempt, f"timed out after {self.run.shard_timeout:g} s (--shard-timeout)")
+
+    def _abandon(self, attempt: _Attempt, reason: str) -> None:
+        """The attempt's actor is dead or hung: kill it, drop its temporary file, retry the shard."""
+        self.pool.discard(attempt.actor)
+        discard_attempt_files(attempt.task.output_dir, attempt.task.name, attempt.task.attempt)
+        self._failed_attempt(attempt.task, reason)
+
+    def _failed_attempt(self, task: ShardTask, reason: str) -> None:
+        history = self.attempts[task.name]
+        history.append(reason[:2000])
+        if len(history) <= self.run.max_retries:
+            self.report.retries += 1
+            self.progress.retry()
+            self.pending.append(task)
+            return
+        self._record_failure(task, history[-1])
+
+    def _record_failure(self, task: ShardTask, reason: str) -> None:
+        entry = {"url": task.url, "name": task.name, "status": "failed", "reason": reason,
+                 "attempts": self.attempts[task.name]}
+        self.report.shards[task.name] = entry
+        self.report.failed.append(entry)
+        self.progress.shard_failed()
+        self._write_manifest()
+
+    def _fail_remaining(self, reason: str) -> None:
+        while self.pending:
+            self._record_failure(self.pending.popleft(), reason)
+
+    def _write_manifest(self) -> None:
+        write_manifest(self.output, manifest_document(self.plan, self.input_spec, self.report.shards))
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
 def run_encode_job(
     input_spec: str,
     output: str,
@@ -197,76 +235,28 @@ def run_encode_job(
 ) -> JobReport:
     """Plans, then drives actors until every shard is committed or has failed `max_retries + 1` times."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
-
-    from pipeline.progress import JobProgress
 
     started = time.perf_counter()
     plan = plan_job(input_spec, output, settings, run.overwrite)
-    shards = dict(plan.committed)
-    report = JobReport(str(Path(output).resolve()), shards, plan.skipped, 0.0)
-    if not plan.tasks:
-        write_manifest(output, _manifest(plan, input_spec, shards))
-        report.elapsed_s = time.perf_counter() - started
-        return report
+    report = JobReport(str(Path(output).resolve()), dict(plan.committed), plan.skipped, 0.0)
+    if plan.tasks:
+        connect(run.address, run.verbose)
+        cpus, num_actors = _actor_shape(run, cpus_per_actor_explicit)
+        # The test-only fault switch travels to actors on other nodes too.
+        env_vars = {FAULTS_ENV: os.environ[FAULTS_ENV]} if FAULTS_ENV in os.environ else {}
+        actor_class = ray.remote(ShardEncoder).options(
+            num_cpus=cpus, num_gpus=run.gpus_per_actor, max_restarts=0, max_concurrency=1,
+            runtime_env={"env_vars": env_vars} if env_vars else None,
+        )
 
-    connect(run.address, run.verbose)
-    cpus, num_actors = _actor_shape(run, cpus_per_actor_explicit)
-    actor_class = ray.remote(ShardEncoder).options(
-        num_cpus=cpus, num_gpus=run.gpus_per_actor, max_restarts=0, max_concurrency=1
-    )
+        def make_actor() -> Any:
+            return actor_class.remote(
+                plan.settings, plan.cache_fields, run.batch_size, run.prefetch_samples, max(1, int(cpus)))
 
-    def new_actor() -> Any:
-        return actor_class.remote(plan.settings, plan.cache_fields, run.batch_size, run.prefetch_samples, max(1, int(cpus)))
-
-    pending = deque(plan.tasks)
-    attempts: dict[str, list[str]] = {task.name: [] for task in plan.tasks}
-    idle = [new_actor() for _ in range(min(num_actors, len(plan.tasks)))]
-    in_flight: dict[Any, tuple[Any, ShardTask]] = {}
-    progress = JobProgress(len(plan.tasks), enabled=run.progress)
-    try:
-        while pending or in_flight:
-            while pending and idle:
-                actor, task = idle.pop(), pending.popleft()
-                in_flight[actor.process.remote(task)] = (actor, task)
-            (done,), _ = ray.wait(list(in_flight), num_returns=1)
-            actor, task = in_flight.pop(done)
-            try:
-                outcome = ray.get(done)
-            except RayActorError as exc:
-                ray.kill(actor)
-                idle.append(new_actor())
-                failure = f"actor died: {exc}"
-            except RayTaskError as exc:
-                idle.append(actor)
-                failure = f"{type(exc.cause).__name__}: {exc.cause}" if exc.cause else str(exc)
-            else:
-                idle.append(actor)
-                shards[task.name] = outcome.to_dict()
-                progress.shard_done(outcome.clips, outcome.error_rows)
-                write_manifest(output, _manifest(plan, input_spec, shards))
-                continue
-            attempts[task.name].append(failure.strip().splitlines()[-1][:2000])
-            if len(attempts[task.name]) <= run.max_retries:
-                report.retries += 1
-                progress.retry()
-                pending.append(task)
-                continue
-            shards[task.name] = {
-                "url": task.url,
-                "name": task.name,
-                "status": "failed",
-                "reason": attempts[task.name][-1],
-                "attempts": attempts[task.name],
-            }
-            report.failed.append(shards[task.name])
-            progress.shard_failed()
-            write_manifest(output, _manifest(plan, input_spec, shards))
-    finally:
-        progress.close()
-        for actor, _ in in_flight.values():
-            ray.kill(actor)
-        for actor in idle:
-            ray.kill(actor)
+        pool = ActorPool(make_actor, min(num_actors, len(plan.tasks)), cpus, run.gpus_per_actor,
+                         run.max_shards_per_actor)
+        ShardScheduler(plan, input_spec, output, run, pool, report).run_to_completion()
+    else:
+        write_manifest(output, manifest_document(plan, input_spec, report.shards))
     report.elapsed_s = time.perf_counter() - started
     return report

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +20,7 @@ from pipeline.cache_schema import SampleIdentity, clip_row, error_row
 from pipeline.clip_encoding import ClipEncoder, resolve_compute
 from pipeline.decode import ClipSampling, DecodedClip, VideoDecodeError, decode_clips, parse_resolution
 from pipeline.encode_settings import EncodeSettings
+from pipeline.fault_injection import inject_fault
 from pipeline.model_loading import build_model
 from pipeline.shard_writer import ShardFileWriter
 from pipeline.shard_reader import ShardReader, ShardSample
@@ -28,6 +31,7 @@ class ShardTask:
     url: str
     name: str
     output_dir: str
+    attempt: int = 0
 
 
 @dataclass
@@ -47,6 +51,8 @@ class ShardOutcome:
     sha256: str = ""
     size_bytes: int = 0
     device: str = ""
+    host: str = ""
+    pid: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,12 +102,12 @@ class ShardEncoder:
     def process(self, task: ShardTask) -> ShardOutcome:
         started = time.perf_counter()
         reader = ShardReader(task.url)
-        writer = ShardFileWriter(task.output_dir, task.name, self.cache_fields)
+        writer = ShardFileWriter(task.output_dir, task.name, self.cache_fields, task.attempt)
         outcome = ShardOutcome(task.url, task.name, "committed", None, samples=0, clips=0, error_rows=0)
         seconds = defaultdict(float)
         try:
             buckets: dict[tuple[int, ...], list[tuple[SampleIdentity, DecodedClip]]] = defaultdict(list)
-            for item in self._prefetched(reader, task.name, seconds):
+            for item in self._prefetched(reader, task, seconds):
                 outcome.samples += 1
                 if item.error is not None:
                     writer.add(error_row(item.identity, item.error))
@@ -119,6 +125,7 @@ class ShardEncoder:
             outcome.seconds = {name: round(value, 4) for name, value in seconds.items()}
             outcome.seconds["total"] = round(time.perf_counter() - started, 4)
             outcome.device = str(self.encoder.device)
+            outcome.host, outcome.pid = socket.gethostname(), os.getpid()
             outcome.rows = writer.rows
             committed = writer.commit(outcome.to_dict())
         except BaseException:
@@ -158,7 +165,7 @@ class ShardEncoder:
         except (VideoDecodeError, UnicodeError, ValueError) as exc:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)
 
-    def _prefetched(self, reader: ShardReader, file_name: str, seconds: dict[str, float]) -> Iterator[_DecodedSample]:
+    def _prefetched(self, reader: ShardReader, task: ShardTask, seconds: dict[str, float]) -> Iterator[_DecodedSample]:
         """Decodes on a CPU thread, at most `prefetch_samples` ahead, so the model never waits on decord."""
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch_samples)
         stop = threading.Event()
@@ -173,9 +180,11 @@ class ShardEncoder:
 
         def produce() -> None:
             try:
-                for sample in reader:
+                for index, sample in enumerate(reader):
+                    if index == 0:
+                        inject_fault(task.name, task.attempt)
                     t0 = time.perf_counter()
-                    decoded = self._decode_sample(sample, file_name)
+                    decoded = self._decode_sample(sample, task.name)
                     seconds["decode"] += time.perf_counter() - t0
                     put(decoded)
                     if stop.is_set():

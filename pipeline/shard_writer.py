@@ -34,6 +34,23 @@ class CommittedShard:
     sha256: str
 
 
+def _attempt_prefix(name: str, attempt: int) -> str:
+    return f"{name}.attempt{attempt}."
+
+
+def discard_attempt_files(output_dir: str | os.PathLike, name: str, attempt: int) -> None:
+    """Remove what a dead or killed attempt left under `_tmp/` (readers never look there anyway)."""
+    for path in (Path(output_dir) / TMP_DIR_NAME).glob(f"{_attempt_prefix(name, attempt)}*.parquet"):
+        path.unlink(missing_ok=True)
+
+
+def remove_empty_tmp_dir(output_dir: str | os.PathLike) -> None:
+    try:
+        (Path(output_dir) / TMP_DIR_NAME).rmdir()
+    except OSError:
+        pass  # absent, or an attempt of another driver still writes there
+
+
 def sha256_of_file(path: str | os.PathLike, chunk_bytes: int = 8 * 1024 * 1024) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -51,19 +68,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 class ShardFileWriter:
-    """Rows go to `OUTPUT/_tmp/<name>.<attempt>.parquet` row group by row group; `commit` renames.
+    """Rows go to `OUTPUT/_tmp/<name>.attempt<N>.<uuid>.parquet` row group by row group; `commit` renames.
 
     A unique attempt suffix lets a retried shard write while a presumed-dead attempt still runs:
     both produce the same content and whichever renames last wins, so a reader never sees a
     partial file and the cache never holds the shard twice.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, name: str, file_metadata: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike, name: str, file_metadata: dict[bytes, bytes], attempt: int = 0
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
         tmp_dir = self.output_dir / TMP_DIR_NAME
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = tmp_dir / f"{name}.{uuid.uuid4().hex}.parquet"
+        self.tmp_path = tmp_dir / f"{_attempt_prefix(name, attempt)}{uuid.uuid4().hex}.parquet"
         self.final_path = self.output_dir / f"{name}.parquet"
         self._writer = pq.ParquetWriter(
             self.tmp_path,

@@ -88,3 +88,17 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def write_video_shards(root: Path, num_shards: int, samples_per_shard: int, frames: int = 12) -> dict[str, list[str]]:
+    """`shard-0000N.tar` files of small moving-pattern mp4s; returns each shard's sample keys."""
+    root.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, list[str]] = {}
+    for shard in range(num_shards):
+        names = [f"s{shard}-v{index}" for index in range(samples_per_shard)]
+        write_tar(root / f"shard-{shard:05d}.tar", [
+            (name, {"mp4": encode_mp4(moving_pattern(frames, 48, 64, seed=shard * 100 + index)), "txt": name.encode()})
+            for index, name in enumerate(names)
+        ])
+        keys[f"shard-{shard:05d}"] = names
+    return keys

@@ -1,13 +1,19 @@
 from vae.autoencoder_2d import AutoEncoder2D, AutoEncoderConfig
+from vae.autoencoder_3d import AutoEncoder3D, AutoEncoder3DConfig
 from vae.checkpoint import load_state_dict_file
+from vae.conv3d import ChannelChunkConv3D
 from vae.distributions import DiagonalGaussianDistribution
-from vae.presets import PRESETS, load_model
+from vae.presets import PRESETS, PRESETS_3D, load_model
 
 __all__ = [
     "AutoEncoder2D",
     "AutoEncoderConfig",
+    "AutoEncoder3D",
+    "AutoEncoder3DConfig",
+    "ChannelChunkConv3D",
     "DiagonalGaussianDistribution",
     "PRESETS",
+    "PRESETS_3D",
     "load_model",
     "load_state_dict_file",
 ]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vae.autoencoder_2d import AutoEncoder2D, AutoEncoderConfig
+from vae.autoencoder_3d import DOWN_BLOCK, UP_BLOCK, AutoEncoder3D, AutoEncoder3DConfig
 from vae.checkpoint import load_state_dict_file, load_weights_strictly
 
 PRESETS: dict[str, AutoEncoderConfig] = {
@@ -25,6 +26,27 @@ PRESETS: dict[str, AutoEncoderConfig] = {
     "tiny": AutoEncoderConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=4, scale_factor=1.0),
 }
 
+# Causal 3D VAEs in the layout of diffusers' AutoencoderKLHunyuanVideo (and Open-Sora 2.0's hunyuan_vae).
+PRESETS_3D: dict[str, AutoEncoder3DConfig] = {
+    "hunyuan-vae": AutoEncoder3DConfig(),
+    # For tests: spatial factor 4, temporal factor 4, fast on CPU.
+    "tiny-3d": AutoEncoder3DConfig(
+        latent_channels=4,
+        down_block_types=[DOWN_BLOCK] * 3,
+        up_block_types=[UP_BLOCK] * 3,
+        block_out_channels=[32, 32, 32],
+        layers_per_block=1,
+        norm_num_groups=8,
+        scaling_factor=1.0,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+    ),
+}
+
+DIFFUSERS_CLASS_3D = "AutoencoderKLHunyuanVideo"
+# Fields a diffusers config may carry that do not change the architecture.
+_IGNORED_DIFFUSERS_FIELDS = {"sample_size", "force_upcast"}
+
 
 def load_model(
     spec: str | dict[str, Any] | os.PathLike,
@@ -34,37 +56,58 @@ def load_model(
 ) -> nn.Module:
     """A VAE in eval mode without gradients, from a preset name, a dict of config fields or a JSON file.
 
+    A dict or JSON file with `_class_name: AutoencoderKLHunyuanVideo` (diffusers' `vae/config.json`) gives
+    the causal 3D VAE; any other dict gives the 2D autoencoder.
+
     Without `weights` the model is randomly initialised; with them every key must match.
     """
-    model = AutoEncoder2D(_config(spec))
+    config = _config(spec)
+    model = AutoEncoder3D(config) if isinstance(config, AutoEncoder3DConfig) else AutoEncoder2D(config)
     if weights is not None:
         load_weights_strictly(model, load_state_dict_file(weights), source=str(weights))
     model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
 
 
-def _config(spec: str | dict[str, Any] | os.PathLike) -> AutoEncoderConfig:
+def _config(spec: str | dict[str, Any] | os.PathLike) -> AutoEncoderConfig | AutoEncoder3DConfig:
     if isinstance(spec, dict):
         return _config_from_fields(spec, source="config dict")
     if isinstance(spec, str) and spec in PRESETS:
         # A copy, so that a caller editing model.config does not change the preset.
         return _config_from_fields(vars(PRESETS[spec]), source=f"preset {spec!r}")
+    if isinstance(spec, str) and spec in PRESETS_3D:
+        return _config_3d_from_fields(vars(PRESETS_3D[spec]), source=f"preset {spec!r}")
     path = Path(spec)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"VAE config file not found: {path}")
         return _config_from_fields(json.loads(path.read_text()), source=str(path))
-    raise ValueError(f"unknown VAE preset {spec!r}; presets: {', '.join(PRESETS)} (or pass a dict or a .json path)")
+    presets = ", ".join([*PRESETS, *PRESETS_3D])
+    raise ValueError(f"unknown VAE preset {spec!r}; presets: {presets} (or pass a dict or a .json path)")
 
 
-def _config_from_fields(values: dict[str, Any], source: str) -> AutoEncoderConfig:
+def _config_from_fields(values: dict[str, Any], source: str) -> AutoEncoderConfig | AutoEncoder3DConfig:
     if "_class_name" in values:
-        raise ValueError(
-            f"{source} is a diffusers config ({values['_class_name']}); diffusers configs are handled by "
-            "the 3D VAE, which is not implemented yet"
-        )
+        if values["_class_name"] != DIFFUSERS_CLASS_3D:
+            raise ValueError(
+                f"{source} is a diffusers config for {values['_class_name']}; of diffusers configs only "
+                f"{DIFFUSERS_CLASS_3D} (the causal 3D VAE) is supported"
+            )
+        fields_3d = {k: v for k, v in values.items() if not k.startswith("_") and k not in _IGNORED_DIFFUSERS_FIELDS}
+        return _config_3d_from_fields(fields_3d, source)
     known = {f.name for f in fields(AutoEncoderConfig)}
     unknown = sorted(values.keys() - known)
     if unknown:
         raise ValueError(f"unknown AutoEncoderConfig fields in {source}: {', '.join(unknown)}")
     return AutoEncoderConfig(**{k: list(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _config_3d_from_fields(values: dict[str, Any], source: str) -> AutoEncoder3DConfig:
+    known = {f.name for f in fields(AutoEncoder3DConfig)}
+    unknown = sorted(values.keys() - known)
+    if unknown:
+        raise ValueError(f"unsupported {DIFFUSERS_CLASS_3D} fields in {source}: {', '.join(unknown)}")
+    values = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
+    if values.get("shift_factor", 0.0) is None:
+        values["shift_factor"] = 0.0
+    return AutoEncoder3DConfig(**values)

@@ -1,0 +1,144 @@
+"""Planning an encode job: the cache's identity, the shards still to do, the metadata every file carries."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.cache_schema import SCORE_DEFINITIONS, cache_metadata
+from pipeline.decode import parse_resolution
+from pipeline.encode_settings import EncodeSettings, UsageError, identity_hash
+from pipeline.manifest import committed_files, load_manifest, read_committed_shard, summarize
+from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
+from pipeline.shard_processing import ShardTask
+from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
+from pipeline.shard_writer import TMP_DIR_NAME
+from pipeline.version import code_version
+
+NULL_SCORE_REASON = "not computed: this version of the encode job does not score clips"
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    settings: EncodeSettings
+    vae: dict[str, Any]
+    identity: dict[str, Any]
+    job_hash: str
+    tasks: list[ShardTask]
+    skipped: list[str]
+    committed: dict[str, dict[str, Any]]
+    cache_fields: dict[bytes, bytes]
+
+
+def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any]) -> dict[str, Any]:
+    """What a rerun must match to add to an existing cache."""
+    produced = dataclasses.asdict(settings)
+    del produced["vae"], produced["weights"]
+    return {"vae": {k: v for k, v in vae_description.items() if k not in ("spec", "weights")}, **produced}
+
+
+def prepare_output(output: Path, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
+    """Create OUTPUT, clear `_tmp/`, and return the shards already committed by the same job."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--output {str(output)!r} is not writable: {exc}") from exc
+    shutil.rmtree(output / TMP_DIR_NAME, ignore_errors=True)
+    manifest = load_manifest(output)
+    committed: dict[str, dict[str, Any]] = {}
+    foreign = []
+    for path in committed_files(output):
+        metadata, shard = read_committed_shard(path)
+        if metadata.get("job_hash") != job_hash:
+            foreign.append(path.name)
+        committed[path.stem] = {**shard, "status": shard.get("status", "committed")}
+    if manifest is not None and manifest.get("job", {}).get("hash") != job_hash:
+        foreign.append("_manifest.json")
+    if foreign and not overwrite:
+        raise UsageError(
+            f"{output} already holds a cache made with a different job configuration "
+            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}). "
+            "Use another --output, or --overwrite to delete that cache and start again."
+        )
+    if foreign:
+        for path in committed_files(output):
+            path.unlink()
+        (output / "_manifest.json").unlink(missing_ok=True)
+        committed = {}
+    return committed
+
+
+def _check_resolution(text: str, spatial_factor: int) -> None:
+    try:
+        resolution = parse_resolution(text)
+    except ValueError as exc:
+        raise UsageError(f"--resolution: {exc}") from exc
+    if not resolution.is_native and (resolution.height % spatial_factor or resolution.width % spatial_factor):
+        raise UsageError(
+            f"--resolution {text}: height and width must be multiples of the VAE's spatial factor {spatial_factor}"
+        )
+
+
+def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: bool = False) -> EncodePlan:
+    vae_description = describe_vae(settings)
+    if settings.num_frames is None:
+        settings = replace(settings, num_frames=default_num_frames(vae_description["temporal_factor"]))
+    check_num_frames(settings.num_frames, vae_description["temporal_factor"])
+    _check_resolution(settings.resolution, vae_description["spatial_factor"])
+    try:
+        urls = expand_input_spec(input_spec)
+        names = check_unique_names(urls)
+    except InputSpecError as exc:
+        raise UsageError(f"--input {input_spec!r}: {exc}") from exc
+    identity = cache_identity(settings, vae_description)
+    job_hash = identity_hash(identity)
+    output_path = Path(output).resolve()
+    committed = prepare_output(output_path, job_hash, overwrite)
+    tasks = [ShardTask(url, name, str(output_path)) for url, name in names.items() if name not in committed]
+    skipped = [url for url, name in names.items() if name in committed]
+    fields = {
+        "job_hash": job_hash,
+        "vae": vae_description,
+        "latent_dtype": settings.latent_dtype,
+        "sampling": {
+            "num_frames": settings.num_frames,
+            "frame_stride": settings.frame_stride,
+            "clips_per_video": settings.clips_per_video,
+            "resolution": settings.resolution,
+        },
+        "compute_dtype": settings.compute_dtype,
+        "store_moments": settings.store_moments,
+        "allow_random_weights": settings.allow_random_weights,
+        "score_definitions": SCORE_DEFINITIONS,
+        "thresholds": {},
+        "null_scores": dict.fromkeys(SCORE_DEFINITIONS, NULL_SCORE_REASON),
+        "code_version": code_version(),
+    }
+    return EncodePlan(
+        settings, vae_description, identity, job_hash, tasks, skipped, committed, cache_metadata(fields)
+    )
+
+
+def manifest_document(plan: EncodePlan, input_spec: str, shards: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "contract_version": 1,
+        "job": {
+            "hash": plan.job_hash,
+            "input": input_spec,
+            "settings": dataclasses.asdict(plan.settings),
+            "identity": plan.identity,
+            "code_version": code_version(),
+        },
+        "model": plan.vae,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "totals": summarize(shards),
+        "shards": dict(sorted(shards.items())),
+    }
