@@ -18,6 +18,7 @@ from pipeline.encode_settings import COMPUTE_DTYPES, EncodeSettings, RunSettings
 from pipeline.cache_schema import LATENT_DTYPES  # noqa: E402
 from pipeline.job_summary import format_summary  # noqa: E402
 from pipeline.runner import JobReport, run_encode_job  # noqa: E402
+from pipeline.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     cache = parser.add_argument_group("cache")
     cache.add_argument("--latent-dtype", choices=sorted(LATENT_DTYPES), default="float16")
     cache.add_argument("--store-moments", action="store_true", help="also store posterior mean and logvar (float32)")
+
+    scores = parser.add_argument_group("scores and filtering")
+    scores.add_argument("--scores", default=",".join(SCORE_NAMES),
+                        help="comma list of psnr, ssim, lpips, disc, or none (the decoder runs only for "
+                             "psnr/ssim/lpips)")
+    scores.add_argument("--min-psnr", type=float, help="clips below this PSNR (dB) are not passed")
+    scores.add_argument("--min-ssim", type=float, help="clips below this SSIM are not passed")
+    scores.add_argument("--max-lpips", type=float, help="clips above this LPIPS are not passed")
+    scores.add_argument("--min-disc", type=float, help="clips below this discriminator score are not passed")
+    scores.add_argument("--lpips-backbone", help="torchvision VGG16 weights (vgg16-397923af.pth); default: "
+                                                 "torchvision's cache directory if the file is there")
+    scores.add_argument("--lpips-heads", help="LPIPS v0.1 linear heads (the lpips package's weights/v0.1/vgg.pth)")
+    scores.add_argument("--disc-weights", help="NLayerDiscriminator3D checkpoint (Open-Sora 2.0 layout)")
 
     run = parser.add_argument_group("execution")
     run.add_argument("--address", help="join a Ray cluster (auto, HOST:PORT, ray://...); default: an embedded local Ray")
@@ -76,6 +90,16 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         compute_dtype=args.compute_dtype,
         store_moments=args.store_moments,
         seed=args.seed,
+        scoring=ScoreSettings(
+            scores=() if args.scores.strip() == "none" else tuple(n.strip() for n in args.scores.split(",") if n.strip()),
+            min_psnr=args.min_psnr,
+            min_ssim=args.min_ssim,
+            max_lpips=args.max_lpips,
+            min_disc=args.min_disc,
+            lpips_backbone=args.lpips_backbone,
+            lpips_heads=args.lpips_heads,
+            disc_weights=args.disc_weights,
+        ),
     )
     run = RunSettings(
         num_actors=args.num_actors,
@@ -94,7 +118,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
 
 
 def run_from_args(args: argparse.Namespace) -> JobReport:
-    settings, run = settings_from_args(args)
+    try:
+        settings, run = settings_from_args(args)
+    except ValueError as exc:  # a bad --scores list
+        raise UsageError(str(exc)) from exc
     if settings.weights is None:
         print("WARNING: encoding with RANDOM weights (--allow-random-weights): latents are meaningless; "
               "the cache metadata records this.", file=sys.stderr)

@@ -59,7 +59,10 @@ DICTIONARY_COLUMNS = ["source_shard", "status", "latent_dtype", "error"]
 
 SCORE_DEFINITIONS = {
     "psnr": "dB on [0,1] RGB from the clip's mean squared error, capped at 100 dB",
-    "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 1, per channel and frame, averaged",
+    "ssim": (
+        "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 1, over the window's valid "
+        "positions, per channel and frame, averaged"
+    ),
     "lpips": "LPIPS VGG v0.1 per frame, averaged",
     "disc_score": "mean patch logit of NLayerDiscriminator3D on the source clip in [-1, 1]",
 }
@@ -117,14 +120,21 @@ def error_row(sample: SampleIdentity, reason: str) -> dict[str, Any]:
     return row
 
 
+# Score name (as `pipeline.scoring` computes them) → column.
+SCORE_COLUMNS = {"psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "disc": "disc_score"}
+
+
 def clip_row(
     sample: SampleIdentity,
     clip: Any,
     latent: torch.Tensor,
     latent_dtype: str,
     moments: torch.Tensor | None,
+    scores: dict[str, float],
+    passed: bool,
 ) -> dict[str, Any]:
-    """An `ok` row for one encoded clip; `clip` is a `pipeline.decode.DecodedClip`."""
+    """An `ok` row for one encoded clip; `clip` is a `pipeline.decode.DecodedClip`, `scores` holds the
+    computed scores by name (the others stay null)."""
     stored = latent.to(LATENT_DTYPES[latent_dtype]).float()
     row = _empty_row(sample)
     row.update(
@@ -145,7 +155,9 @@ def clip_row(
         moments=None if moments is None else tensor_to_bytes(moments, "float32"),
         latent_mean=float(stored.mean()),
         latent_std=float(stored.std()) if stored.numel() > 1 else 0.0,
+        passed=passed,
     )
+    row.update({SCORE_COLUMNS[name]: value for name, value in scores.items()})
     return row
 
 

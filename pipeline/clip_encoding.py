@@ -30,9 +30,16 @@ def frames_to_model_input(frames: torch.Tensor, device: torch.device, dtype: tor
 
 
 class ClipEncoder:
-    """Holds one VAE on one device and encodes same-shaped clip batches."""
+    """Holds one VAE on one device and encodes (and decodes) same-shaped clip batches.
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    A 2D VAE folds every frame of the batch into one forward pass, so activations grow with
+    clips x frames; `max_frames_per_call` splits a batch into calls of at most that many frames.
+    """
+
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, max_frames_per_call: int = 32
+    ) -> None:
+        self.max_frames_per_call = max_frames_per_call
         self.device = device
         self.dtype = dtype
         model = model.to(device=device, dtype=dtype).eval()
@@ -44,9 +51,24 @@ class ClipEncoder:
         self.scale = float(model.config.scale_factor)
         self.shift = float(model.config.shift_factor)
 
+    def _chunks(self, batch: torch.Tensor, frames_per_clip: int) -> tuple[torch.Tensor, ...]:
+        return batch.split(max(1, self.max_frames_per_call // frames_per_clip))
+
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (latent, moments) in fp32 on the CPU: latent = scale * (mode - shift), moments unscaled."""
-        moments = self.model.encode_moments(frames_to_model_input(frames, self.device, self.dtype)).float()
+        """uint8 (B, T, H, W, 3) → (latent, moments) in fp32 on the CPU: latent = scale * (mode - shift),
+        moments unscaled."""
+        moments = torch.cat([
+            self.model.encode_moments(frames_to_model_input(chunk, self.device, self.dtype)).float().cpu()
+            for chunk in self._chunks(frames, frames.shape[1])
+        ])
         latent = self.scale * (DiagonalGaussianDistribution(moments).mode() - self.shift)
-        return latent.cpu(), moments.cpu()
+        return latent, moments
+
+    @torch.inference_mode()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, t, h, w), any dtype → reconstructions (B, 3, T, H, W) in fp32 on the CPU."""
+        return torch.cat([
+            self.model.decode(chunk.to(self.device, self.dtype)).float().cpu()
+            for chunk in self._chunks(latent, (latent.shape[2] - 1) * self.model.temporal_factor + 1)
+        ])

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.cache_schema import LATENT_DTYPES
+from pipeline.scoring import ScoreSettings
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -32,6 +33,7 @@ class EncodeSettings:
     store_moments: bool = False
     # Seeds the random initialisation, so every actor of a random-weights job holds the same model.
     seed: int = 0
+    scoring: ScoreSettings = ScoreSettings()
 
     def __post_init__(self) -> None:
         if self.latent_dtype not in LATENT_DTYPES:

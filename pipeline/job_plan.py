@@ -10,18 +10,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache_schema import SCORE_DEFINITIONS, cache_metadata
+from pipeline.cache_schema import SCORE_COLUMNS, SCORE_DEFINITIONS, cache_metadata
 from pipeline.decode import parse_resolution
 from pipeline.encode_settings import EncodeSettings, UsageError, identity_hash
 from pipeline.manifest import committed_files, load_manifest, read_committed_shard, summarize
+from pipeline.scoring import ScoringPlan, plan_scoring, weights_checksums
 from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
 from pipeline.shard_processing import ShardTask
 from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
 from pipeline.shard_writer import TMP_DIR_NAME
 from pipeline.version import code_version
-
-NULL_SCORE_REASON = "not computed: this version of the encode job does not score clips"
-
 
 @dataclass(frozen=True)
 class EncodePlan:
@@ -33,13 +31,21 @@ class EncodePlan:
     skipped: list[str]
     committed: dict[str, dict[str, Any]]
     cache_fields: dict[bytes, bytes]
+    scoring: ScoringPlan
 
 
-def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any]) -> dict[str, Any]:
-    """What a rerun must match to add to an existing cache."""
+def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any], scoring: ScoringPlan) -> dict[str, Any]:
+    """What a rerun must match to add to an existing cache: file paths stand in by their checksums."""
     produced = dataclasses.asdict(settings)
     del produced["vae"], produced["weights"]
-    return {"vae": {k: v for k, v in vae_description.items() if k not in ("spec", "weights")}, **produced}
+    for path_field in ("lpips_backbone", "lpips_heads", "disc_weights"):
+        del produced["scoring"][path_field]
+    return {
+        "vae": {k: v for k, v in vae_description.items() if k not in ("spec", "weights")},
+        **produced,
+        "scores_computed": list(scoring.computed),
+        "score_weights_sha256": weights_checksums(scoring),
+    }
 
 
 def prepare_output(output: Path, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
@@ -98,7 +104,11 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
         names = check_unique_names(urls)
     except InputSpecError as exc:
         raise UsageError(f"--input {input_spec!r}: {exc}") from exc
-    identity = cache_identity(settings, vae_description)
+    try:
+        scoring = plan_scoring(settings.scoring, settings.allow_random_weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    identity = cache_identity(settings, vae_description, scoring)
     job_hash = identity_hash(identity)
     output_path = Path(output).resolve()
     committed = prepare_output(output_path, job_hash, overwrite)
@@ -118,12 +128,15 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
         "store_moments": settings.store_moments,
         "allow_random_weights": settings.allow_random_weights,
         "score_definitions": SCORE_DEFINITIONS,
-        "thresholds": {},
-        "null_scores": dict.fromkeys(SCORE_DEFINITIONS, NULL_SCORE_REASON),
+        "scores_computed": list(scoring.computed),
+        "thresholds": {SCORE_COLUMNS[name]: f"{op} {bound:g}" for name, (op, bound) in scoring.thresholds.items()},
+        "null_scores": {SCORE_COLUMNS[name]: reason for name, reason in scoring.null_reasons.items()},
+        "scores_with_random_weights": [SCORE_COLUMNS[name] for name in scoring.random_weights],
+        "score_weights_sha256": weights_checksums(scoring),
         "code_version": code_version(),
     }
     return EncodePlan(
-        settings, vae_description, identity, job_hash, tasks, skipped, committed, cache_metadata(fields)
+        settings, vae_description, identity, job_hash, tasks, skipped, committed, cache_metadata(fields), scoring
     )
 
 

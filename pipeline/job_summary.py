@@ -15,7 +15,8 @@ def format_summary(report: JobReport) -> str:
         f"{'output':<18}{report.output}",
         f"{'shards':<18}{totals['shards']} ({totals['committed']} committed, {totals['partial']} partial, "
         f"{totals['failed']} failed; {len(report.skipped)} already committed before this run)",
-        f"{'clips':<18}{totals['clips']}",
+        f"{'clips':<18}{totals['clips']} ({totals['clips'] - totals['rejected']} passed, "
+        f"{totals['rejected']} below the thresholds)",
         f"{'error rows':<18}{totals['error_rows']}",
         f"{'retries':<18}{report.retries}",
         f"{'time':<18}{report.elapsed_s:.1f} s ({rate:.2f} clips/s in this run)",

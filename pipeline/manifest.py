@@ -41,9 +41,10 @@ def write_manifest(output_dir: str | os.PathLike, manifest: dict[str, Any]) -> N
 
 
 def summarize(shards: dict[str, dict[str, Any]]) -> dict[str, int]:
-    totals = {"shards": len(shards), "committed": 0, "partial": 0, "failed": 0, "clips": 0, "error_rows": 0}
+    totals = {"shards": len(shards), "committed": 0, "partial": 0, "failed": 0, "clips": 0, "rejected": 0,
+              "error_rows": 0}
     for entry in shards.values():
         totals[entry["status"]] += 1
-        totals["clips"] += entry.get("clips", 0)
-        totals["error_rows"] += entry.get("error_rows", 0)
+        for count in ("clips", "rejected", "error_rows"):
+            totals[count] += entry.get(count, 0)
     return totals

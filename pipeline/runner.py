@@ -239,6 +239,13 @@ def run_encode_job(
     started = time.perf_counter()
     plan = plan_job(input_spec, output, settings, run.overwrite)
     report = JobReport(str(Path(output).resolve()), dict(plan.committed), plan.skipped, 0.0)
+    for name, reason in plan.scoring.null_reasons.items():
+        if name in settings.scoring.scores:
+            print(f"warning: {name} scores will be null: {reason}", file=sys.stderr)
+    if plan.scoring.random_weights:
+        print(f"WARNING: {', '.join(plan.scoring.random_weights)} scored with RANDOM weights "
+              "(--allow-random-weights): those scores are meaningless; the cache metadata records this.",
+              file=sys.stderr)
     if plan.tasks:
         connect(run.address, run.verbose)
         cpus, num_actors = _actor_shape(run, cpus_per_actor_explicit)
@@ -251,7 +258,8 @@ def run_encode_job(
 
         def make_actor() -> Any:
             return actor_class.remote(
-                plan.settings, plan.cache_fields, run.batch_size, run.prefetch_samples, max(1, int(cpus)))
+                plan.settings, plan.cache_fields, plan.scoring, run.batch_size, run.prefetch_samples,
+                max(1, int(cpus)))
 
         pool = ActorPool(make_actor, min(num_actors, len(plan.tasks)), cpus, run.gpus_per_actor,
                          run.max_shards_per_actor)

@@ -1,4 +1,4 @@
-"""One shard, end to end: read samples → decode clips (a CPU thread, ahead) → encode → commit.
+"""One shard, end to end: read samples → decode clips (a CPU thread, ahead) → encode → score → commit.
 
 `ShardEncoder` loads the VAE once and processes many shards; the Ray runner only schedules it.
 """
@@ -16,12 +16,13 @@ from typing import Any, Iterator
 
 import torch
 
-from pipeline.cache_schema import SampleIdentity, clip_row, error_row
+from pipeline.cache_schema import LATENT_DTYPES, SampleIdentity, clip_row, error_row
 from pipeline.clip_encoding import ClipEncoder, resolve_compute
 from pipeline.decode import ClipSampling, DecodedClip, VideoDecodeError, decode_clips, parse_resolution
 from pipeline.encode_settings import EncodeSettings
 from pipeline.fault_injection import inject_fault
 from pipeline.model_loading import build_model
+from pipeline.scoring import ClipScorer, ScoringPlan, passes
 from pipeline.shard_writer import ShardFileWriter
 from pipeline.shard_reader import ShardReader, ShardSample
 
@@ -45,6 +46,7 @@ class ShardOutcome:
     samples: int
     clips: int
     error_rows: int
+    rejected: int = 0
     rows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     path: str = ""
@@ -73,13 +75,25 @@ class _ProducerFailure:
         self.exc = exc
 
 
+@dataclass
+class _SampleInProgress:
+    """A sample's rows are held until all its clips are encoded: one bad clip makes the whole sample
+    one error row, as the contract wants, never a mix of rows and an error."""
+
+    identity: SampleIdentity
+    clips_left: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
 class ShardEncoder:
-    """Holds one VAE (built once) and turns shard URLs into committed Parquet files."""
+    """Holds one VAE and the scorers (built once) and turns shard URLs into committed Parquet files."""
 
     def __init__(
         self,
         settings: EncodeSettings,
         cache_fields: dict[bytes, bytes],
+        scoring: ScoringPlan,
         batch_size: int = 4,
         prefetch_samples: int = 4,
         num_threads: int | None = None,
@@ -90,7 +104,13 @@ class ShardEncoder:
         if num_threads:
             torch.set_num_threads(num_threads)
         model = build_model(settings)
-        self.encoder = ClipEncoder(model, *resolve_compute(settings.compute_dtype, device))
+        if not scoring.needs_decoder:
+            # Never run without a score that needs it: dropping it frees its weights' memory.
+            del model.decoder
+        device, dtype = resolve_compute(settings.compute_dtype, device)
+        self.encoder = ClipEncoder(model, device, dtype)
+        self.scorer = ClipScorer(scoring, device, dtype, seed=settings.seed) if scoring.computed else None
+        self.scoring = scoring
         self.spatial_factor = model.spatial_factor
         self.settings = settings
         self.cache_fields = cache_fields
@@ -104,22 +124,49 @@ class ShardEncoder:
         reader = ShardReader(task.url)
         writer = ShardFileWriter(task.output_dir, task.name, self.cache_fields, task.attempt)
         outcome = ShardOutcome(task.url, task.name, "committed", None, samples=0, clips=0, error_rows=0)
-        seconds = defaultdict(float)
+        seconds: dict[str, float] = defaultdict(float)
+        samples: dict[int, _SampleInProgress] = {}
+        buckets: dict[tuple[int, ...], list[tuple[int, DecodedClip]]] = defaultdict(list)
+
+        def finish_sample(index: int) -> None:
+            started_write = time.perf_counter()
+            sample = samples.pop(index)
+            if sample.error is not None:
+                writer.add(error_row(sample.identity, sample.error))
+                outcome.error_rows += 1
+            else:
+                for row in sorted(sample.rows, key=lambda row: row["clip_index"]):
+                    writer.add(row)
+                outcome.clips += len(sample.rows)
+                outcome.rejected += sum(row["passed"] is False for row in sample.rows)
+            seconds["write"] += time.perf_counter() - started_write
+
+        def run_batch(batch: list[tuple[int, DecodedClip]]) -> None:
+            results = self._encode_batch([clip for _, clip in batch], seconds)
+            for (index, clip), result in zip(batch, results):
+                sample = samples[index]
+                if isinstance(result, str):
+                    sample.error = sample.error or f"clip {clip.clip_index}: {result}"
+                else:
+                    sample.rows.append(clip_row(sample.identity, clip, *result))
+                sample.clips_left -= 1
+                if sample.clips_left == 0:
+                    finish_sample(index)
+
         try:
-            buckets: dict[tuple[int, ...], list[tuple[SampleIdentity, DecodedClip]]] = defaultdict(list)
-            for item in self._prefetched(reader, task, seconds):
+            for index, item in enumerate(self._prefetched(reader, task, seconds)):
                 outcome.samples += 1
+                samples[index] = _SampleInProgress(item.identity, len(item.clips), error=item.error)
                 if item.error is not None:
-                    writer.add(error_row(item.identity, item.error))
-                    outcome.error_rows += 1
+                    finish_sample(index)
                     continue
                 for clip in item.clips:
-                    bucket = buckets[tuple(clip.frames.shape)]
-                    bucket.append((item.identity, clip))
-                    if len(bucket) == self.batch_size:
-                        outcome.clips += self._encode_and_write(buckets.pop(tuple(clip.frames.shape)), writer, seconds)
+                    shape = tuple(clip.frames.shape)
+                    buckets[shape].append((index, clip))
+                    if len(buckets[shape]) == self.batch_size:
+                        run_batch(buckets.pop(shape))
             for bucket in buckets.values():
-                outcome.clips += self._encode_and_write(bucket, writer, seconds)
+                run_batch(bucket)
             if reader.truncation is not None:
                 outcome.status, outcome.reason = "partial", reader.truncation
             outcome.seconds = {name: round(value, 4) for name, value in seconds.items()}
@@ -134,21 +181,37 @@ class ShardEncoder:
         outcome.path, outcome.sha256, outcome.size_bytes = committed.path, committed.sha256, committed.size_bytes
         return outcome
 
-    def _encode_and_write(
-        self,
-        batch: list[tuple[SampleIdentity, DecodedClip]],
-        writer: ShardFileWriter,
-        seconds: dict[str, float],
-    ) -> int:
+    def _encode_batch(self, clips: list[DecodedClip], seconds: dict[str, float]) -> list[tuple | str]:
+        """Per clip, `clip_row`'s model outputs (latent, dtype, moments, scores, passed), or an error reason."""
+        frames = torch.stack([clip.frames for clip in clips])
         t0 = time.perf_counter()
-        latents, moments = self.encoder.encode(torch.stack([clip.frames for _, clip in batch]))
+        latents, moments = self.encoder.encode(frames)
+        # Scores judge what training will read: the latent as stored, rounding included.
+        stored = latents.to(LATENT_DTYPES[self.settings.latent_dtype])
         t1 = time.perf_counter()
-        for index, (identity, clip) in enumerate(batch):
-            stored_moments = moments[index] if self.settings.store_moments else None
-            writer.add(clip_row(identity, clip, latents[index], self.settings.latent_dtype, stored_moments))
-        seconds["encode"] += t1 - t0
-        seconds["write"] += time.perf_counter() - t1
-        return len(batch)
+        reconstruction = self.encoder.decode(stored) if self.scoring.needs_decoder else None
+        t2 = time.perf_counter()
+        scores = self.scorer.score(frames, reconstruction) if self.scorer else [{} for _ in clips]
+        seconds["vae_encode"] += t1 - t0
+        if reconstruction is not None:
+            seconds["vae_decode"] += t2 - t1
+        if self.scorer:
+            seconds["score"] += time.perf_counter() - t2
+        results: list[tuple | str] = []
+        for index, clip_scores in enumerate(scores):
+            if not torch.isfinite(latents[index]).all():
+                results.append("the VAE's latent holds NaN or Inf")
+            elif isinstance(clip_scores, str):
+                results.append(clip_scores)
+            else:
+                results.append((
+                    latents[index],
+                    self.settings.latent_dtype,
+                    moments[index] if self.settings.store_moments else None,
+                    clip_scores,
+                    passes(clip_scores, self.scoring.thresholds),
+                ))
+        return results
 
     def _decode_sample(self, sample: ShardSample, file_name: str) -> _DecodedSample:
         identity = SampleIdentity(file_name, sample.key, sample.url, None, None)
@@ -185,7 +248,7 @@ class ShardEncoder:
                         inject_fault(task.name, task.attempt)
                     t0 = time.perf_counter()
                     decoded = self._decode_sample(sample, task.name)
-                    seconds["decode"] += time.perf_counter() - t0
+                    seconds["video_decode"] += time.perf_counter() - t0
                     put(decoded)
                     if stop.is_set():
                         return

@@ -58,7 +58,8 @@ def test_make_shards_then_encode_on_a_multi_node_cluster(video_folder, cluster, 
     assert result.returncode == 0, result.stderr
     assert "RANDOM weights" in result.stderr
     manifest = json.loads((cache / MANIFEST_NAME).read_text())
-    assert manifest["totals"] == {"shards": 4, "committed": 4, "partial": 0, "failed": 0, "clips": 4, "error_rows": 0}
+    assert manifest["totals"] == {"shards": 4, "committed": 4, "partial": 0, "failed": 0, "clips": 4, "rejected": 0,
+                                  "error_rows": 0}
     rows = [row for path in sorted(cache.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
     assert sorted(row["caption"] for row in rows) == [f"caption {i}" for i in range(4)]
 

@@ -92,6 +92,8 @@ def test_every_sample_appears_as_the_contract_says(encoded):
             assert row["latent_shape"] == [4, 4, 16, 16]
             assert (row["height"], row["width"], row["src_height"], row["src_width"]) == (32, 32, 48, 64)
             assert row["key"] == f"{Path(row['source_shard']).stem}/{row['sample_key']}/{row['clip_index']}"
+            assert all(row[name] is not None for name in ("psnr", "ssim", "lpips", "disc_score"))
+            assert row["passed"] is True  # no thresholds in force
         else:
             assert row["clip_index"] == -1 and row["latent"] is None and row["error"]
     captions = {row["sample_key"]: row["caption"] for row in rows}
@@ -124,7 +126,9 @@ def test_no_temporary_files_remain_and_metadata_describes_the_cache(encoded):
     assert metadata["vae"]["weights_sha256"] is None and metadata["vae"]["random_init_seed"] == 0
     assert metadata["latent_dtype"] == "float32"
     assert metadata["sampling"] == {"num_frames": 4, "frame_stride": 2, "clips_per_video": 2, "resolution": "32"}
-    assert set(metadata["null_scores"]) == {"psnr", "ssim", "lpips", "disc_score"}
+    # Random weights allowed: every score is computed, the two that need weights say so.
+    assert metadata["scores_computed"] == ["psnr", "ssim", "lpips", "disc"] and metadata["null_scores"] == {}
+    assert metadata["scores_with_random_weights"] == ["lpips", "disc_score"]
 
 
 def test_cached_latents_equal_an_in_process_encode(encoded, good_video):
