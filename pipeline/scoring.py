@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,42 +109,58 @@ def plan_scoring(settings: ScoreSettings, allow_random_weights: bool) -> Scoring
     for name in settings.thresholds:
         if name not in computed:
             raise ValueError(f"a threshold is set on {name}, which will not be computed: {null_reasons[name]}")
-    return ScoringPlan(tuple(computed), null_reasons, settings.thresholds, backbone, heads, disc,
-                       tuple(random_weights))
+    plan = ScoringPlan(tuple(computed), null_reasons, settings.thresholds, backbone, heads, disc, tuple(random_weights))
+    # Load every weight file once into meta-device modules: a file of the wrong layout stops the job
+    # here, naming its keys, instead of killing every actor.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+        ClipScorer(plan, torch.device("meta"), torch.float32)
+    return plan
+
+
+def _same_shape(source: Tensor, reconstruction: Tensor) -> None:
+    if source.shape != reconstruction.shape:
+        raise ValueError(f"source {tuple(source.shape)} and reconstruction {tuple(reconstruction.shape)} differ in shape")
 
 
 def psnr(source: Tensor, reconstruction: Tensor) -> Tensor:
     """Per clip, in dB on [0, 1] RGB from the clip's mean squared error, capped at 100 dB."""
+    _same_shape(source, reconstruction)
     mse = (source - reconstruction).pow(2).flatten(1).mean(dim=1)
     return (10.0 * torch.log10(1.0 / mse)).clamp(max=PSNR_CAP_DB).nan_to_num(posinf=PSNR_CAP_DB)
 
 
-def _gaussian_window(device: torch.device, dtype: torch.dtype) -> Tensor:
+def _gaussian_kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
     coords = torch.arange(_SSIM_WINDOW, device=device, dtype=dtype) - (_SSIM_WINDOW - 1) / 2
     g = torch.exp(-(coords**2) / (2 * _SSIM_SIGMA**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
+
+
+def _gaussian_filter(x: Tensor, kernel: Tensor) -> Tensor:
+    """The 11x11 Gaussian as two 1-D passes over the valid positions (22 instead of 121 MACs a pixel)."""
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return F.conv2d(x, kernel.view(1, 1, 1, -1))
 
 
 def ssim(source: Tensor, reconstruction: Tensor) -> Tensor:
     """Per clip: SSIM (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03,
     data range 1, over the window's valid positions, per channel and frame, averaged.
 
-    Inputs are (B, 3, T, H, W) in [0, 1], computed in float64 so the averages of tiny differences hold.
+    Inputs are (B, 3, T, H, W) in [0, 1].
     """
+    _same_shape(source, reconstruction)
     b, c, t, h, w = source.shape
     if min(h, w) < _SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {_SSIM_WINDOW}x{_SSIM_WINDOW}, got {h}x{w}")
-    x = source.permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w).double()
-    y = reconstruction.permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w).double()
-    window = _gaussian_window(x.device, x.dtype)
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    var_x = F.conv2d(x * x, window) - mu_x**2
-    var_y = F.conv2d(y * y, window) - mu_y**2
-    cov = F.conv2d(x * y, window) - mu_x * mu_y
+    x = source.permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w).float()
+    y = reconstruction.permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w).float()
+    kernel = _gaussian_kernel(x.device, x.dtype)
+    # One filtering pass over the five maps stacked along the batch.
+    mu_x, mu_y, xx, yy, xy = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y]), kernel).chunk(5)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = _SSIM_K1**2, _SSIM_K2**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.reshape(b, -1).mean(dim=1).float()
+    return ssim_map.reshape(b, -1).mean(dim=1)
 
 
 def passes(scores: dict[str, float], thresholds: dict[str, tuple[str, float]]) -> bool:

@@ -204,3 +204,11 @@ def test_threshold_on_a_null_score_exits_2(scoring_inputs, tmp_path, monkeypatch
                      "--max-lpips", "0.2")
     assert status == 2
     assert "threshold is set on lpips" in capsys.readouterr().err
+
+
+def test_score_weights_of_the_wrong_layout_exit_2_naming_the_file(scoring_inputs, tmp_path, capsys):
+    status = _encode(scoring_inputs, tmp_path, "--weights", str(scoring_inputs / "tiny.safetensors"),
+                     "--scores", "disc", "--disc-weights", str(scoring_inputs / "tiny.safetensors"))
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "tiny.safetensors" in err and "missing keys" in err and "main.0.weight" in err
