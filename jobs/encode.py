@@ -21,6 +21,14 @@ from pipeline.runner import JobReport, run_encode_job  # noqa: E402
 from pipeline.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
 
 
+def _pixels(text: str) -> int:
+    height, _, width = text.lower().partition("x")
+    try:
+        return int(height) * int(width) if width else int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count or HxW, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.encode",
@@ -42,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--num-frames", type=int, help="frames per clip (default 16 for 2D VAEs, 17 for 4x temporal VAEs)")
     clips.add_argument("--frame-stride", type=int, default=1, help="take every Nth source frame")
     clips.add_argument("--clips-per-video", type=int, default=1, help="at most this many non-overlapping clips, spread over the video")
+    clips.add_argument("--max-pixels", type=_pixels, default=4096 * 4096,
+                       help="refuse (as an error row, before decoding) videos whose declared frames are larger: "
+                            "a pixel count or HxW (default 4096x4096)")
+    clips.add_argument("--max-frames", type=int, default=100_000, help="refuse videos with more frames")
     clips.add_argument("--resolution", default="256", help="N (short side to N, center crop NxN), HxW (cover, center crop) or native")
 
     cache = parser.add_argument_group("cache")
@@ -89,6 +101,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         latent_dtype=args.latent_dtype,
         compute_dtype=args.compute_dtype,
         store_moments=args.store_moments,
+        max_pixels=args.max_pixels,
+        max_frames=args.max_frames,
         seed=args.seed,
         scoring=ScoreSettings(
             scores=() if args.scores.strip() == "none" else tuple(n.strip() for n in args.scores.split(",") if n.strip()),

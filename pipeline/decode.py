@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import av
 import decord
 import numpy as np
 import torch
@@ -115,8 +116,6 @@ def clip_starts(total_frames: int, sampling: ClipSampling) -> list[int]:
 
 
 def _open(video: bytes, num_threads: int) -> decord.VideoReader:
-    if not video:
-        raise VideoDecodeError("video is empty (0 bytes)")
     try:
         return decord.VideoReader(io.BytesIO(video), num_threads=num_threads)
     except AssertionError:
@@ -162,8 +161,37 @@ def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor
     return clip[:, top:top + height, left:left + width].contiguous()
 
 
+@dataclass(frozen=True)
+class VideoLimits:
+    """Videos larger than this are refused before any frame is decoded: a hostile or broken file
+    declaring 8000x8000 frames must cost an actor a header parse, not gigabytes."""
+
+    max_pixels: int = 4096 * 4096
+    max_frames: int = 100_000
+
+
+def declared_frame_size(video: bytes) -> tuple[int, int]:
+    """(height, width) that the container declares for its first video stream, read from the headers
+    with PyAV; no frame is decoded."""
+    try:
+        with av.open(io.BytesIO(video), mode="r") as container:
+            if not container.streams.video:
+                raise VideoDecodeError("the file holds no video stream")
+            context = container.streams.video[0].codec_context
+            return int(context.height), int(context.width)
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(f"cannot decode video (not a video, corrupt or truncated): {_first_line(error)}") from None
+
+
+def _check_limits(video: bytes, limits: VideoLimits) -> None:
+    height, width = declared_frame_size(video)
+    if height * width > limits.max_pixels:
+        raise VideoDecodeError(
+            f"declared frame size {height}x{width} is over --max-pixels {limits.max_pixels}; not decoded")
+
+
 def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
-               num_threads: int = 1) -> Iterator[DecodedClip]:
+               num_threads: int = 1, limits: VideoLimits = VideoLimits()) -> Iterator[DecodedClip]:
     """Decode the planned clips one at a time, so memory holds one clip, not the video.
 
     Everything that can be known before the first clip (unreadable bytes, too few frames, sizes that
@@ -178,8 +206,13 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
         raise VideoDecodeError(
             f"resolution {resolution.height}x{resolution.width} is not a multiple of the VAE's spatial factor "
             f"{spatial_factor}")
+    if not video:
+        raise VideoDecodeError("video is empty (0 bytes)")
+    _check_limits(video, limits)
     reader = _open(video, num_threads)
     total = len(reader)
+    if total > limits.max_frames:
+        raise VideoDecodeError(f"video has {total} frames, over --max-frames {limits.max_frames}; not decoded")
     starts = clip_starts(total, sampling)
     if not starts:
         raise VideoDecodeError(
@@ -214,6 +247,6 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
 
 
 def decode_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
-                 num_threads: int = 1) -> list[DecodedClip]:
+                 num_threads: int = 1, limits: VideoLimits = VideoLimits()) -> list[DecodedClip]:
     """All clips of a video at once; a failure on any clip raises, so callers get all clips or none."""
-    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads))
+    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads, limits))

@@ -31,6 +31,8 @@ class EncodeSettings:
     latent_dtype: str = "float16"
     compute_dtype: str = "auto"
     store_moments: bool = False
+    max_pixels: int = 4096 * 4096
+    max_frames: int = 100_000
     # Seeds the random initialisation, so every actor of a random-weights job holds the same model.
     seed: int = 0
     scoring: ScoreSettings = ScoreSettings()
@@ -43,6 +45,8 @@ class EncodeSettings:
         for name in ("frame_stride", "clips_per_video"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_pixels < 1 or self.max_frames < 1:
+            raise UsageError("--max-pixels and --max-frames must be positive")
         if self.num_frames is not None and self.num_frames < 1:
             raise UsageError("--num-frames must be at least 1")
         if self.weights is None and not self.allow_random_weights:

@@ -18,7 +18,14 @@ import torch
 
 from pipeline.cache_schema import LATENT_DTYPES, SampleIdentity, clip_row, error_row
 from pipeline.clip_encoding import ClipEncoder, resolve_compute
-from pipeline.decode import ClipSampling, DecodedClip, VideoDecodeError, decode_clips, parse_resolution
+from pipeline.decode import (
+    ClipSampling,
+    DecodedClip,
+    VideoDecodeError,
+    VideoLimits,
+    decode_clips,
+    parse_resolution,
+)
 from pipeline.encode_settings import EncodeSettings
 from pipeline.fault_injection import inject_fault
 from pipeline.model_loading import build_model
@@ -118,6 +125,7 @@ class ShardEncoder:
         self.prefetch_samples = prefetch_samples
         self.sampling = ClipSampling(settings.num_frames, settings.frame_stride, settings.clips_per_video)
         self.resolution = parse_resolution(settings.resolution)
+        self.limits = VideoLimits(settings.max_pixels, settings.max_frames)
 
     def process(self, task: ShardTask) -> ShardOutcome:
         started = time.perf_counter()
@@ -223,7 +231,7 @@ class ShardEncoder:
             if video is None:
                 found = ", ".join(sorted(sample.members)) or "nothing"
                 return _DecodedSample(identity, [], f"no video member in this sample (found: {found})")
-            clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor)
+            clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, limits=self.limits)
             return _DecodedSample(identity, clips, None)
         except (VideoDecodeError, UnicodeError, ValueError) as exc:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)
