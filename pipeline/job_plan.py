@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from pipeline.cache_schema import SCORE_COLUMNS, SCORE_DEFINITIONS, cache_metadata
 from pipeline.decode import parse_resolution
 from pipeline.encode_settings import EncodeSettings, UsageError, identity_hash
-from pipeline.manifest import committed_files, load_manifest, read_committed_shard, summarize
+from pipeline.manifest import (
+    MANIFEST_NAME,
+    committed_files,
+    load_manifest,
+    read_committed_shard,
+    shard_name,
+    summarize,
+)
 from pipeline.scoring import ScoringPlan, plan_scoring, weights_checksums
 from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
 from pipeline.shard_processing import ShardTask
 from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
 from pipeline.shard_writer import TMP_DIR_NAME
+from pipeline.storage import Location, locate
 from pipeline.version import code_version
 
 @dataclass(frozen=True)
@@ -48,36 +54,36 @@ def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any], sc
     }
 
 
-def prepare_output(output: Path, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
+def prepare_output(output: Location, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
     """Create OUTPUT, clear `_tmp/`, and return the shards already committed by the same job."""
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        output.fs.makedirs(output.path, exist_ok=True)
+        probe = output.child(f".write-test-{time.time_ns()}")
+        probe.fs.pipe_file(probe.path, b"")
+        probe.remove()
     except OSError as exc:
-        raise UsageError(f"--output {str(output)!r} is not writable: {exc}") from exc
-    shutil.rmtree(output / TMP_DIR_NAME, ignore_errors=True)
-    manifest = load_manifest(output)
+        raise UsageError(f"--output {output.url!r} is not writable: {exc}") from exc
+    output.child(TMP_DIR_NAME).remove(recursive=True)
+    manifest = load_manifest(output.url)
     committed: dict[str, dict[str, Any]] = {}
     foreign = []
-    for path in committed_files(output):
-        metadata, shard = read_committed_shard(path)
+    for location in committed_files(output.url):
+        metadata, shard = read_committed_shard(location)
         if metadata.get("job_hash") != job_hash:
-            foreign.append(path.name)
-        committed[path.stem] = {**shard, "status": shard.get("status", "committed")}
+            foreign.append(shard_name(location))
+        committed[shard_name(location)] = {**shard, "status": shard.get("status", "committed")}
     if manifest is not None and manifest.get("job", {}).get("hash") != job_hash:
-        foreign.append("_manifest.json")
+        foreign.append(MANIFEST_NAME)
     if foreign and not overwrite:
         raise UsageError(
-            f"{output} already holds a cache made with a different job configuration "
+            f"{output.url} already holds a cache made with a different job configuration "
             f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}). "
             "Use another --output, or --overwrite to delete that cache and start again."
         )
     if foreign:
-        for path in committed_files(output):
-            path.unlink()
-        (output / "_manifest.json").unlink(missing_ok=True)
+        for location in committed_files(output.url):
+            location.remove()
+        output.child(MANIFEST_NAME).remove()
         committed = {}
     return committed
 
@@ -110,9 +116,9 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
         raise UsageError(str(exc)) from exc
     identity = cache_identity(settings, vae_description, scoring)
     job_hash = identity_hash(identity)
-    output_path = Path(output).resolve()
-    committed = prepare_output(output_path, job_hash, overwrite)
-    tasks = [ShardTask(url, name, str(output_path)) for url, name in names.items() if name not in committed]
+    output_location = locate(output)
+    committed = prepare_output(output_location, job_hash, overwrite)
+    tasks = [ShardTask(url, name, output_location.url) for url, name in names.items() if name not in committed]
     skipped = [url for url, name in names.items() if name in committed]
     fields = {
         "job_hash": job_hash,

@@ -4,40 +4,52 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import posixpath
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from pipeline.cache_schema import SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.storage import Location, locate
 
 MANIFEST_NAME = "_manifest.json"
 
 
-def committed_files(output_dir: str | os.PathLike) -> list[Path]:
-    return sorted(Path(output_dir).glob("*.parquet"))
+def committed_files(output_dir: str) -> list[Location]:
+    return locate(output_dir).glob("*.parquet")
 
 
-def read_committed_shard(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def shard_name(committed: Location) -> str:
+    return posixpath.basename(committed.path).removesuffix(".parquet")
+
+
+def read_committed_shard(committed: Location) -> tuple[dict[str, Any], dict[str, Any]]:
     """(cache metadata, shard entry) from a committed file's footer; no row is read."""
-    metadata = pq.read_metadata(path).metadata
+    with committed.open("rb") as handle:
+        metadata = pq.read_metadata(handle).metadata
     shard = json.loads(metadata[SHARD_METADATA_KEY]) if metadata and SHARD_METADATA_KEY in metadata else {}
     return read_cache_metadata(metadata), shard
 
 
-def load_manifest(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(output_dir) / MANIFEST_NAME
-    if not path.exists():
+def load_manifest(output_dir: str) -> dict[str, Any] | None:
+    manifest = locate(output_dir).child(MANIFEST_NAME)
+    if not manifest.exists():
         return None
-    return json.loads(path.read_text())
+    with manifest.open("rb") as handle:
+        return json.load(handle)
 
 
-def write_manifest(output_dir: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Atomic replace, so a reader (or a killed driver) never leaves half a manifest."""
-    path = Path(output_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+def write_manifest(output_dir: str, manifest: dict[str, Any]) -> None:
+    """Atomic: a local file is written aside and renamed; an object store's PUT replaces whole."""
+    target = locate(output_dir).child(MANIFEST_NAME)
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    if not target.is_local:
+        target.fs.pipe_file(target.path, data)
+        return
+    aside = f"{os.path.dirname(target.path)}/.{MANIFEST_NAME}.{os.getpid()}.tmp"
+    with open(aside, "wb") as handle:
+        handle.write(data)
+    os.replace(aside, target.path)
 
 
 def summarize(shards: dict[str, dict[str, Any]]) -> dict[str, int]:

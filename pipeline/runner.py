@@ -12,7 +12,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError
@@ -23,6 +22,7 @@ from pipeline.progress import JobProgress
 from pipeline.ray_session import actors_that_fit, connect, node_resources
 from pipeline.shard_processing import ShardEncoder, ShardOutcome, ShardTask
 from pipeline.shard_writer import discard_attempt_files, remove_empty_tmp_dir
+from pipeline.storage import locate
 
 # How often the driver wakes to check timeouts when no shard finishes.
 POLL_SECONDS = 1.0
@@ -238,7 +238,7 @@ def run_encode_job(
 
     started = time.perf_counter()
     plan = plan_job(input_spec, output, settings, run.overwrite)
-    report = JobReport(str(Path(output).resolve()), dict(plan.committed), plan.skipped, 0.0)
+    report = JobReport(locate(output).url, dict(plan.committed), plan.skipped, 0.0)
     for name, reason in plan.scoring.null_reasons.items():
         if name in settings.scoring.scores:
             print(f"warning: {name} scores will be null: {reason}", file=sys.stderr)

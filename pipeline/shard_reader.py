@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from pipeline.shard_urls import PIPE_PREFIX, local_path
+from pipeline.shard_urls import PIPE_PREFIX
+from pipeline.storage import locate
 
 # Extensions (the last dot-component of a member's extension) that hold a video container.
 VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "3gp",
@@ -120,7 +121,7 @@ class ShardReader:
         if self.url.startswith(PIPE_PREFIX):
             yield from self._read_pipe(self.url[len(PIPE_PREFIX):])
         else:
-            with open(local_path(self.url), "rb") as stream:
+            with locate(self.url).open("rb") as stream:
                 tar_problem = yield from self._read_tar(stream)
             self.truncation = tar_problem
 

@@ -3,7 +3,10 @@
 import glob
 import hashlib
 import os
+import posixpath
 import re
+
+from pipeline.storage import locate
 
 PIPE_PREFIX = "pipe:"
 FILE_PREFIX = "file://"
@@ -84,12 +87,47 @@ def local_path(item: str) -> str:
     return item[len(FILE_PREFIX):] if item.startswith(FILE_PREFIX) else item
 
 
+def is_remote(item: str) -> bool:
+    """An fsspec URL (s3://, gs://, hf://, ...); `file://` counts as local."""
+    return "://" in item and not item.startswith(FILE_PREFIX)
+
+
+def _expand_remote(candidate: str, problems: list[str]) -> list[str]:
+    location = locate(candidate)
+    if _GLOB_CHARS.search(location.path):
+        matches = sorted(match for match in location.fs.glob(location.path) if location.fs.isfile(match))
+        if not matches:
+            problems.append(f"{candidate} (glob matches no object)")
+        return [location.fs.unstrip_protocol(match) for match in matches]
+    if not location.fs.isfile(location.path):
+        problems.append(f"{candidate} (no such object)")
+        return []
+    return [candidate]
+
+
+def _expand_local(candidate: str, problems: list[str]) -> list[str]:
+    path = os.path.expanduser(candidate)
+    if _GLOB_CHARS.search(path):
+        matches = sorted(match for match in glob.glob(path, recursive=True) if os.path.isfile(match))
+        if not matches:
+            problems.append(f"{candidate} (glob matches no file)")
+        return [os.path.abspath(match) for match in matches]
+    if os.path.isdir(path):
+        problems.append(f"{candidate} (a directory, not a shard; use {candidate.rstrip('/')}/*.tar)")
+    elif not os.path.isfile(path):
+        problems.append(f"{candidate} (no such file)")
+    else:
+        return [os.path.abspath(path)]
+    return []
+
+
 def expand_input_spec(spec: str) -> list[str]:
-    """Shard URLs from a spec: comma-separated items, each with braces, globs, `file://` or `pipe:`.
+    """Shard URLs from a spec: comma-separated items, each with braces, globs, `file://`, an fsspec
+    URL (`s3://bucket/shards/*.tar`) or `pipe:`.
 
     Local items become absolute paths (Ray workers do not share the driver's working directory),
     globs are sorted, `pipe:CMD` items pass through verbatim (see `_split_items` for where they end),
-    and duplicates are dropped keeping the first. Missing paths and globs matching no file raise
+    and duplicates are dropped keeping the first. Missing paths and globs matching nothing raise
     InputSpecError naming all of them.
     """
     urls: list[str] = []
@@ -99,18 +137,8 @@ def expand_input_spec(spec: str) -> list[str]:
             urls.append(item)
             continue
         for candidate in expand_braces(local_path(item)):
-            path = os.path.expanduser(candidate)
-            if _GLOB_CHARS.search(path):
-                matches = sorted(match for match in glob.glob(path, recursive=True) if os.path.isfile(match))
-                if not matches:
-                    problems.append(f"{candidate} (glob matches no file)")
-                urls.extend(os.path.abspath(match) for match in matches)
-            elif os.path.isdir(path):
-                problems.append(f"{candidate} (a directory, not a shard; use {candidate.rstrip('/')}/*.tar)")
-            elif not os.path.isfile(path):
-                problems.append(f"{candidate} (no such file)")
-            else:
-                urls.append(os.path.abspath(path))
+            expand = _expand_remote if is_remote(candidate) else _expand_local
+            urls.extend(expand(candidate, problems))
     if problems:
         raise InputSpecError("input spec names shards that do not exist: " + "; ".join(problems))
     if not urls:
@@ -118,11 +146,18 @@ def expand_input_spec(spec: str) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
+def _naming_path(url: str) -> str:
+    """One absolute path space for local files and URLs: `s3://b/k` → `/s3/b/k`."""
+    if is_remote(url):
+        protocol, _, rest = url.partition("://")
+        return posixpath.join("/", protocol, rest)
+    return os.path.abspath(local_path(url))
+
 
 def common_root(urls: list[str]) -> str:
-    """The deepest folder holding every local shard ("" when all are `pipe:` URLs)."""
-    folders = [os.path.dirname(os.path.abspath(local_path(url))) for url in urls if not url.startswith(PIPE_PREFIX)]
-    return os.path.commonpath(folders) if folders else ""
+    """The deepest folder holding every shard ("" when all are `pipe:` URLs)."""
+    folders = [posixpath.dirname(_naming_path(url)) for url in urls if not url.startswith(PIPE_PREFIX)]
+    return posixpath.commonpath(folders) if folders else ""
 
 
 def shard_output_name(url: str, root: str) -> str:
@@ -133,10 +168,10 @@ def shard_output_name(url: str, root: str) -> str:
     """
     if url.startswith(PIPE_PREFIX):
         return "pipe-" + hashlib.sha256(url.encode()).hexdigest()[:16]
-    relative = os.path.relpath(os.path.abspath(local_path(url)), root)
-    if relative.startswith(".." + os.sep) or relative == "..":
+    relative = posixpath.relpath(_naming_path(url), root)
+    if relative.startswith("../") or relative == "..":
         raise ValueError(f"shard {url} is not under the root {root}")
-    name = relative.replace(os.sep, "__")
+    name = relative.replace("/", "__")
     name = name.removesuffix(".tar")
     return "shard-" + name if not name or name[0] in "_." else name
 

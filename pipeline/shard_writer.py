@@ -7,8 +7,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +18,7 @@ from pipeline.cache_schema import (
     SCHEMA,
     SHARD_METADATA_KEY,
 )
+from pipeline.storage import locate
 
 TMP_DIR_NAME = "_tmp"
 # Row groups are the unit a reader skips or fetches; ~32 MiB keeps reads large and memory bounded.
@@ -38,54 +38,83 @@ def _attempt_prefix(name: str, attempt: int) -> str:
     return f"{name}.attempt{attempt}."
 
 
-def discard_attempt_files(output_dir: str | os.PathLike, name: str, attempt: int) -> None:
+def discard_attempt_files(output_dir: str, name: str, attempt: int) -> None:
     """Remove what a dead or killed attempt left under `_tmp/` (readers never look there anyway)."""
-    for path in (Path(output_dir) / TMP_DIR_NAME).glob(f"{_attempt_prefix(name, attempt)}*.parquet"):
-        path.unlink(missing_ok=True)
+    for leftover in locate(output_dir).child(TMP_DIR_NAME).glob(f"{_attempt_prefix(name, attempt)}*.parquet"):
+        leftover.remove()
 
 
-def remove_empty_tmp_dir(output_dir: str | os.PathLike) -> None:
-    try:
-        (Path(output_dir) / TMP_DIR_NAME).rmdir()
-    except OSError:
-        pass  # absent, or an attempt of another driver still writes there
+def remove_empty_tmp_dir(output_dir: str) -> None:
+    """Object stores have no empty folders; a local `_tmp/` goes once nothing writes there."""
+    tmp = locate(output_dir).child(TMP_DIR_NAME)
+    if tmp.is_local:
+        try:
+            os.rmdir(tmp.path)
+        except OSError:
+            pass  # absent, or an attempt of another driver still writes there
 
 
 def sha256_of_file(path: str | os.PathLike, chunk_bytes: int = 8 * 1024 * 1024) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with locate(path).open("rb") as handle:
         while block := handle.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class _HashingWriter:
+    """The file object ParquetWriter writes to: hashes and counts the bytes on their way out, so a
+    commit never reads the file back (on an object store that would be a second download)."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self._sink = sink
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        self.size += len(data)
+        return self._sink.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Leaves the sink open: the commit still has to fsync it."""
+        self.closed = True
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 class ShardFileWriter:
-    """Rows go to `OUTPUT/_tmp/<name>.attempt<N>.<uuid>.parquet` row group by row group; `commit` renames.
+    """Rows go to `OUTPUT/_tmp/<name>.attempt<N>.<uuid>.parquet` row group by row group; `commit`
+    makes the finished file `OUTPUT/<name>.parquet`: an atomic rename on a local filesystem, a copy
+    then a delete on an object store, where the copied object appears whole or not at all.
 
-    A unique attempt suffix lets a retried shard write while a presumed-dead attempt still runs:
-    both produce the same content and whichever renames last wins, so a reader never sees a
-    partial file and the cache never holds the shard twice.
+    A unique suffix lets a retried shard write while a presumed-dead attempt still runs: both
+    produce the same content and whichever commits last wins, so a reader never sees a partial
+    file and the cache never holds the shard twice.
     """
 
-    def __init__(
-        self, output_dir: str | os.PathLike, name: str, file_metadata: dict[bytes, bytes], attempt: int = 0
-    ) -> None:
-        self.output_dir = Path(output_dir)
+    def __init__(self, output_dir: str, name: str, file_metadata: dict[bytes, bytes], attempt: int = 0) -> None:
+        self.output = locate(output_dir)
         self.name = name
-        tmp_dir = self.output_dir / TMP_DIR_NAME
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = tmp_dir / f"{_attempt_prefix(name, attempt)}{uuid.uuid4().hex}.parquet"
-        self.final_path = self.output_dir / f"{name}.parquet"
+        tmp_dir = self.output.child(TMP_DIR_NAME)
+        tmp_dir.fs.makedirs(tmp_dir.path, exist_ok=True)
+        self.tmp = tmp_dir.child(f"{_attempt_prefix(name, attempt)}{uuid.uuid4().hex}.parquet")
+        self.final = self.output.child(f"{name}.parquet")
+        self._file = self.tmp.open("wb")
+        self._hashing = _HashingWriter(self._file)
         self._writer = pq.ParquetWriter(
-            self.tmp_path,
+            self._hashing,
             SCHEMA.with_metadata(file_metadata),
             compression=COLUMN_COMPRESSION,
             use_dictionary=DICTIONARY_COLUMNS,
@@ -109,21 +138,34 @@ class ShardFileWriter:
         self._pending_bytes = 0
 
     def commit(self, shard_metadata: dict[str, Any]) -> CommittedShard:
-        """Close, fsync and rename into place; `shard_metadata` lands in the file footer."""
+        """Close, make durable, move into place; `shard_metadata` lands in the file footer."""
         self.flush()
         self._writer.add_key_value_metadata({SHARD_METADATA_KEY: json.dumps(shard_metadata, sort_keys=True)})
         self._writer.close()
-        with open(self.tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        checksum = sha256_of_file(self.tmp_path)
-        size = self.tmp_path.stat().st_size
-        os.replace(self.tmp_path, self.final_path)
-        _fsync_dir(self.output_dir)
-        return CommittedShard(str(self.final_path), self.rows, size, checksum)
+        if self.output.is_local:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp.path, self.final.path)
+            _fsync_dir(self.output.path)
+        else:
+            self._file.close()  # the upload completes here
+            self.output.fs.copy(self.tmp.path, self.final.path)
+            self.tmp.remove()
+        return CommittedShard(self.final.url, self.rows, self._hashing.size, self._hashing.hexdigest())
 
     def abort(self) -> None:
         """Drop the temporary file; nothing becomes visible."""
         try:
             self._writer.close()
+            self._file.close()
         finally:
-            self.tmp_path.unlink(missing_ok=True)
+            self.tmp.remove()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

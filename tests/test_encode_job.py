@@ -16,6 +16,7 @@ from pipeline.encode_settings import EncodeSettings, RunSettings
 from pipeline.manifest import MANIFEST_NAME
 from pipeline.model_loading import build_model
 from pipeline.reader import load_latent
+from pipeline.job_plan import plan_job
 from pipeline.runner import run_encode_job
 from tests.media import encode_mp4, moving_pattern, write_tar
 
@@ -183,7 +184,7 @@ def test_a_shard_that_keeps_failing_is_recorded_and_exits_3(shards, tmp_path, lo
     ])
     captured = capsys.readouterr()
     assert status == 3
-    assert "FAILED shard" in captured.out and "Input/output error" in captured.out
+    assert "FAILED shard" in captured.out and "Errno" in captured.out
     manifest = json.loads((tmp_path / "cache" / MANIFEST_NAME).read_text())
     failed = [entry for entry in manifest["shards"].values() if entry["status"] == "failed"]
     assert len(failed) == 1 and len(failed[0]["attempts"]) == 2
@@ -251,3 +252,31 @@ def test_more_actors_than_fit_are_trimmed(shards, tmp_path, local_ray, capsys):
     report = run_encode_job(str(shards / "shard-0000[01].tar"), str(tmp_path), EncodeSettings(**SETTINGS), run)
     assert report.exit_status == 0
     assert "holds 2 actors" in capsys.readouterr().err
+
+
+def test_causal_3d_vae_end_to_end(shards, good_video, tmp_path, local_ray):
+    settings = EncodeSettings(vae="tiny-3d", allow_random_weights=True, num_frames=9, resolution="32",
+                              latent_dtype="float32")
+    report = run_encode_job(str(shards / "shard-00000.tar"), str(tmp_path), settings, QUIET)
+    assert report.exit_status == 0
+    rows = {row["sample_key"]: row for row in pq.read_table(tmp_path / "shard-00000.parquet").to_pylist()}
+    # 1 + 4k frames → 1 + k latent frames; 4x spatial compression.
+    assert rows["a"]["latent_shape"] == [4, 3, 8, 8] and rows["a"]["num_frames"] == 9
+    assert rows["b"]["status"] == "ok" and rows["a"]["psnr"] is not None
+    metadata = read_cache_metadata(pq.read_schema(tmp_path / "shard-00000.parquet").metadata)
+    assert metadata["vae"]["kind"] == "autoencoder_3d"
+    assert (metadata["vae"]["temporal_factor"], metadata["vae"]["spatial_factor"]) == (4, 4)
+    model = build_model(settings)
+    (clip,) = decode_clips(good_video, ClipSampling(9), parse_resolution("32"), spatial_factor=4)
+    expected, _ = ClipEncoder(model, torch.device("cpu"), torch.float32).encode(clip.frames[None])
+    torch.testing.assert_close(load_latent(tmp_path, "shard-00000/a/0"), expected[0], atol=1e-5, rtol=0)
+
+
+def test_3d_vae_defaults_to_17_frames_and_refuses_invalid_counts(shards, tmp_path, capsys):
+    plan = plan_job(str(shards / "shard-00000.tar"), str(tmp_path / "planned"),
+                    EncodeSettings(vae="tiny-3d", allow_random_weights=True, resolution="32"))
+    assert plan.settings.num_frames == 17
+    status = encode_main(["--input", str(shards / "shard-00000.tar"), "--output", str(tmp_path), "--vae", "tiny-3d",
+                          "--allow-random-weights", "--resolution", "32", "--num-frames", "16"])
+    assert status == 2
+    assert "use 13 or 17" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_json_path(tmp_path):
 
 def test_diffusers_config_is_refused(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"_class_name": "AutoencoderKLHunyuanVideo", "latent_channels": 16}))
+    path.write_text(json.dumps({"_class_name": "AutoencoderKL", "latent_channels": 16}))
     with pytest.raises(ValueError, match="diffusers.*3D VAE"):
         load_model(path)
 
@@ -151,3 +151,84 @@ def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="does not hold a state_dict"):
         load_state_dict_file(not_a_state_dict)
 
+
+def diffusers_hunyuan_config(**changes):
+    """A `vae/config.json` as diffusers writes it for AutoencoderKLHunyuanVideo, narrowed for CPU."""
+    return {
+        "_class_name": "AutoencoderKLHunyuanVideo",
+        "_diffusers_version": "0.32.0.dev0",
+        "act_fn": "silu",
+        "block_out_channels": [8, 16, 16, 16],
+        "down_block_types": ["HunyuanVideoDownBlock3D"] * 4,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "mid_block_add_attention": True,
+        "norm_num_groups": 4,
+        "out_channels": 3,
+        "scaling_factor": 0.476986,
+        "spatial_compression_ratio": 8,
+        "temporal_compression_ratio": 4,
+        "up_block_types": ["HunyuanVideoUpBlock3D"] * 4,
+        **changes,
+    }
+
+
+def test_3d_presets():
+    from vae import PRESETS_3D, AutoEncoder3D
+
+    assert set(PRESETS_3D) == {"hunyuan-vae", "tiny-3d"}
+    model = load_model("tiny-3d")
+    assert isinstance(model, AutoEncoder3D) and model.config == PRESETS_3D["tiny-3d"]
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    model.config.block_out_channels.append(64)
+    assert PRESETS_3D["tiny-3d"].block_out_channels == [32, 32, 32]
+    with pytest.raises(ValueError, match="tiny.*hunyuan-vae.*tiny-3d"):
+        load_model("hunyuan")
+
+
+def test_diffusers_config_json_gives_the_3d_vae(tmp_path):
+    from vae import AutoEncoder3D
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(diffusers_hunyuan_config(sample_size=256, _name_or_path="x")))
+    model = load_model(path)
+    assert isinstance(model, AutoEncoder3D)
+    assert (model.config.block_out_channels, model.config.scale_factor, model.config.shift_factor) == (
+        [8, 16, 16, 16], 0.476986, 0.0)
+    assert load_model(diffusers_hunyuan_config(shift_factor=0.1, use_tiling=False)).config.shift_factor == 0.1
+
+
+def test_unsupported_diffusers_fields_are_named():
+    with pytest.raises(ValueError, match="unsupported AutoencoderKLHunyuanVideo fields .*: dropout, time_compression"):
+        load_model(diffusers_hunyuan_config(dropout=0.1, time_compression=4))
+    with pytest.raises(ValueError, match="diffusers config for AutoencoderKLWan.*only AutoencoderKLHunyuanVideo"):
+        load_model({**diffusers_hunyuan_config(), "_class_name": "AutoencoderKLWan"})
+    with pytest.raises(ValueError, match="spatial_compression_ratio 32 needs 5 blocks"):
+        load_model(diffusers_hunyuan_config(spatial_compression_ratio=32))
+
+
+def test_diffusers_layout_weights_load_strictly(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    config = diffusers_hunyuan_config()
+    torch.manual_seed(3)
+    reference = diffusers.AutoencoderKLHunyuanVideo(
+        **{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+    reference.use_framewise_encoding = False
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file(reference.state_dict(), path)
+    model = load_model(config, weights=path)
+    x = torch.randn(1, 3, 5, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_moments(x), reference.encode(x).latent_dist.parameters,
+                                   atol=1e-4, rtol=1e-4)
+    wrong = diffusers_hunyuan_config(latent_channels=8)
+    with pytest.raises(ValueError, match=r"shape mismatches.*decoder.conv_in.conv.weight \(16, 4, 3, 3, 3\) vs "
+                                         r"\(16, 8, 3, 3, 3\)"):
+        load_model(wrong, weights=path)
+    with pytest.raises(ValueError, match=r"missing keys: decoder.up_blocks.0.resnets.2.conv1.conv.bias, .*more\)"):
+        load_model(diffusers_hunyuan_config(layers_per_block=2), weights=path)
+    with pytest.raises(ValueError, match="unexpected keys: decoder.mid_block.attentions.0"):
+        load_model(diffusers_hunyuan_config(mid_block_add_attention=False), weights=path)
+    with pytest.raises(ValueError, match="do not fit AutoEncoder2D"):
+        load_model("tiny", weights=path)

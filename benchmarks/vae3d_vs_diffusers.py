@@ -1,0 +1,117 @@
+"""Encode speed of this project's AutoEncoder3D against diffusers' AutoencoderKLHunyuanVideo.
+
+    python -m benchmarks.vae3d_vs_diffusers [--frames 17] [--size 128] [--repeats 2]
+
+Same clip, same (random, seeded) weights at the full hunyuan-vae width, same threads, both untiled
+(diffusers' framewise encoding off), fp32 on CPU. Ours runs as the pipeline runs it: channels_last_3d
+model and input under inference_mode; diffusers as it ships (contiguous, no_grad). Each variant runs in
+its own process once to measure its peak RSS; the times come from one process that holds all three and
+runs them in turn, `--repeats` rounds after a warm-up, best of each (fair when other work shares the CPU).
+diffusers is a test-only dependency and is needed here.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from benchmarks._common import moving_pattern, peak_rss_mb, run_child
+
+MODULE = "benchmarks.vae3d_vs_diffusers"
+VARIANTS = {
+    "ours": "AutoEncoder3D, channels_last_3d + inference_mode",
+    "ours-contiguous": "AutoEncoder3D, contiguous + no_grad",
+    "diffusers": "diffusers AutoencoderKLHunyuanVideo, contiguous + no_grad",
+}
+
+
+def _encode_fn(variant: str, weights: str):
+    state_dict = load_file(weights)
+    if variant == "diffusers":
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        model = AutoencoderKLHunyuanVideo().eval()
+        model.load_state_dict(state_dict)
+        model.use_framewise_encoding = False
+        model.use_tiling = False
+
+        def encode(x):
+            with torch.no_grad():
+                return model.encode(x).latent_dist.parameters
+
+        return encode, torch.contiguous_format
+    import vae
+
+    model = vae.load_model("hunyuan-vae", weights=weights)
+    if variant == "ours":
+        model = model.to(memory_format=torch.channels_last_3d)
+
+        def encode(x):
+            with torch.inference_mode():
+                return model.encode_moments(x)
+
+        return encode, torch.channels_last_3d
+
+    def encode(x):
+        with torch.no_grad():
+            return model.encode_moments(x)
+
+    return encode, torch.contiguous_format
+
+
+def _timed(encode, x) -> float:
+    start = time.perf_counter()
+    encode(x)
+    return time.perf_counter() - start
+
+
+def peak_rss_child(variant: str, weights: str, frames: int, size: int) -> dict:
+    encode, layout = _encode_fn(variant, weights)
+    encode(moving_pattern(frames, size, size).contiguous(memory_format=layout))
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(peak_rss_child(args.variant, args.weights, args.frames, args.size)))
+        return
+    import vae
+
+    print(f"hunyuan-vae (full width), random weights, fp32 CPU, {torch.get_num_threads()} threads, "
+          f"clip 1x3x{args.frames}x{args.size}x{args.size}, untiled; time: best of {args.repeats} rounds after a "
+          "warm-up, variants interleaved in one process; peak RSS: one encode per variant, each in its own process")
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = str(Path(tmp) / "weights.safetensors")
+        torch.manual_seed(0)
+        save_file(vae.load_model("hunyuan-vae").state_dict(), weights)
+        sizes = ["--frames", str(args.frames), "--size", str(args.size)]
+        rss = {v: run_child(MODULE, "--variant", v, "--weights", weights, *sizes)["peak_rss_mb"] for v in VARIANTS}
+        encoders = {v: _encode_fn(v, weights) for v in VARIANTS}
+    clip = moving_pattern(args.frames, args.size, args.size)
+    inputs = {v: clip.contiguous(memory_format=layout) for v, (_, layout) in encoders.items()}
+    moments = {v: encode(inputs[v]) for v, (encode, _) in encoders.items()}  # warm-up
+    best = dict.fromkeys(VARIANTS, float("inf"))
+    for _ in range(args.repeats):
+        for v in VARIANTS:
+            best[v] = min(best[v], _timed(encoders[v][0], inputs[v]))
+    for variant, description in VARIANTS.items():
+        diff = (moments[variant] - moments["diffusers"]).abs().max().item()
+        print(f"{variant:16s} {best[variant]:7.2f} s  {args.frames / best[variant]:6.3f} frames/s  "
+              f"peak RSS {rss[variant]:6.0f} MiB  max |moments - diffusers| {diff:.2e}  ({description})")
+    for variant in ("ours", "ours-contiguous"):
+        print(f"speed ratio {variant} / diffusers: {best['diffusers'] / best[variant]:.2f}x (goal >= 1.0, aim 1.2)")
+
+
+if __name__ == "__main__":
+    main()
