@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = parser.add_argument_group("cache")
     cache.add_argument("--latent-dtype", choices=sorted(LATENT_DTYPES), default="float16")
     cache.add_argument("--store-moments", action="store_true", help="also store posterior mean and logvar (float32)")
+    cache.add_argument("--keep-previews", action="store_true",
+                       help="store a small JPEG of 4 source frames over their reconstruction per clip (for reports)")
 
     scores = parser.add_argument_group("scores and filtering")
     scores.add_argument("--scores", default=",".join(SCORE_NAMES),
@@ -101,6 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         latent_dtype=args.latent_dtype,
         compute_dtype=args.compute_dtype,
         store_moments=args.store_moments,
+        keep_previews=args.keep_previews,
         max_pixels=args.max_pixels,
         max_frames=args.max_frames,
         seed=args.seed,

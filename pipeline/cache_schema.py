@@ -49,11 +49,12 @@ SCHEMA = pa.schema(
         ("lpips", pa.float32()),
         ("disc_score", pa.float32()),
         ("passed", pa.bool_()),
+        ("preview", pa.large_binary()),
     ]
 )
 
 # Latent bytes are near-incompressible; compressing them costs CPU on write and read for nothing.
-BINARY_COLUMNS = ("latent", "moments")
+BINARY_COLUMNS = ("latent", "moments", "preview")
 COLUMN_COMPRESSION = {name: ("none" if name in BINARY_COLUMNS else "zstd") for name in SCHEMA.names}
 DICTIONARY_COLUMNS = ["source_shard", "status", "latent_dtype", "error"]
 
@@ -132,6 +133,7 @@ def clip_row(
     moments: torch.Tensor | None,
     scores: dict[str, float],
     passed: bool,
+    preview: bytes | None = None,
 ) -> dict[str, Any]:
     """An `ok` row for one encoded clip; `clip` is a `pipeline.decode.DecodedClip`, `scores` holds the
     computed scores by name (the others stay null)."""
@@ -156,6 +158,7 @@ def clip_row(
         latent_mean=float(stored.mean()),
         latent_std=float(stored.std()) if stored.numel() > 1 else 0.0,
         passed=passed,
+        preview=preview,
     )
     row.update({SCORE_COLUMNS[name]: value for name, value in scores.items()})
     return row

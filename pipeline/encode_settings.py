@@ -31,6 +31,7 @@ class EncodeSettings:
     latent_dtype: str = "float16"
     compute_dtype: str = "auto"
     store_moments: bool = False
+    keep_previews: bool = False
     max_pixels: int = 4096 * 4096
     max_frames: int = 100_000
     # Seeds the random initialisation, so every actor of a random-weights job holds the same model.

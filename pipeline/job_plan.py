@@ -132,6 +132,7 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
         },
         "compute_dtype": settings.compute_dtype,
         "store_moments": settings.store_moments,
+        "keep_previews": settings.keep_previews,
         "allow_random_weights": settings.allow_random_weights,
         "score_definitions": SCORE_DEFINITIONS,
         "scores_computed": list(scoring.computed),

@@ -29,6 +29,7 @@ from pipeline.decode import (
 from pipeline.encode_settings import EncodeSettings
 from pipeline.fault_injection import inject_fault
 from pipeline.model_loading import build_model
+from pipeline.previews import preview_jpeg
 from pipeline.scoring import ClipScorer, ScoringPlan, passes
 from pipeline.shard_writer import ShardFileWriter
 from pipeline.shard_reader import ShardReader, ShardSample
@@ -111,7 +112,8 @@ class ShardEncoder:
         if num_threads:
             torch.set_num_threads(num_threads)
         model = build_model(settings)
-        if not scoring.needs_decoder:
+        self.needs_decoder = scoring.needs_decoder or settings.keep_previews
+        if not self.needs_decoder:
             # Never run without a score that needs it: dropping it frees its weights' memory.
             del model.decoder
         device, dtype = resolve_compute(settings.compute_dtype, device)
@@ -190,14 +192,15 @@ class ShardEncoder:
         return outcome
 
     def _encode_batch(self, clips: list[DecodedClip], seconds: dict[str, float]) -> list[tuple | str]:
-        """Per clip, `clip_row`'s model outputs (latent, dtype, moments, scores, passed), or an error reason."""
+        """Per clip, `clip_row`'s model outputs (latent, dtype, moments, scores, passed, preview), or an
+        error reason."""
         frames = torch.stack([clip.frames for clip in clips])
         t0 = time.perf_counter()
         latents, moments = self.encoder.encode(frames)
         # Scores judge what training will read: the latent as stored, rounding included.
         stored = latents.to(LATENT_DTYPES[self.settings.latent_dtype])
         t1 = time.perf_counter()
-        reconstruction = self.encoder.decode(stored) if self.scoring.needs_decoder else None
+        reconstruction = self.encoder.decode(stored) if self.needs_decoder else None
         t2 = time.perf_counter()
         scores = self.scorer.score(frames, reconstruction) if self.scorer else [{} for _ in clips]
         seconds["vae_encode"] += t1 - t0
@@ -218,6 +221,7 @@ class ShardEncoder:
                     moments[index] if self.settings.store_moments else None,
                     clip_scores,
                     passes(clip_scores, self.scoring.thresholds),
+                    preview_jpeg(clips[index].frames, reconstruction[index]) if self.settings.keep_previews else None,
                 ))
         return results
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cache_schema import (
+    BINARY_COLUMNS,
     COLUMN_COMPRESSION,
     DICTIONARY_COLUMNS,
     SCHEMA,
@@ -126,7 +127,7 @@ class ShardFileWriter:
     def add(self, row: dict[str, Any]) -> None:
         self._pending.append(row)
         self.rows += 1
-        self._pending_bytes += len(row["latent"] or b"") + len(row["moments"] or b"")
+        self._pending_bytes += sum(len(row[name] or b"") for name in BINARY_COLUMNS)
         if self._pending_bytes >= ROW_GROUP_BYTES or len(self._pending) >= ROW_GROUP_MAX_ROWS:
             self.flush()
 

@@ -1,5 +1,6 @@
 """The encode job end to end on an embedded local Ray: real mp4s, real tars, real Parquet."""
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from pipeline.model_loading import build_model
 from pipeline.reader import load_latent
 from pipeline.job_plan import plan_job
 from pipeline.runner import run_encode_job
+from pipeline.scoring import ScoreSettings
 from tests.media import encode_mp4, moving_pattern, write_tar
 
 SETTINGS = dict(vae="tiny", allow_random_weights=True, num_frames=4, frame_stride=2, clips_per_video=2,
@@ -280,3 +282,14 @@ def test_3d_vae_defaults_to_17_frames_and_refuses_invalid_counts(shards, tmp_pat
                           "--allow-random-weights", "--resolution", "32", "--num-frames", "16"])
     assert status == 2
     assert "use 13 or 17" in capsys.readouterr().err
+
+
+def test_previews_show_source_over_reconstruction(shards, tmp_path, local_ray):
+    from PIL import Image
+
+    settings = EncodeSettings(**{**SETTINGS, "keep_previews": True, "scoring": ScoreSettings(scores=())})
+    assert run_encode_job(str(shards / "shard-00000.tar"), str(tmp_path), settings, QUIET).exit_status == 0
+    rows = [row for row in pq.read_table(tmp_path / "shard-00000.parquet").to_pylist() if row["status"] == "ok"]
+    for row in rows:
+        image = Image.open(io.BytesIO(row["preview"]))
+        assert image.format == "JPEG" and image.size == (4 * 96, 2 * 96)  # 4 frames of 32x32, two rows
