@@ -180,7 +180,8 @@ def declared_frame_size(video: bytes) -> tuple[int, int]:
             context = container.streams.video[0].codec_context
             return int(context.height), int(context.width)
     except av.error.FFmpegError as error:
-        raise VideoDecodeError(f"cannot decode video (not a video, corrupt or truncated): {_first_line(error)}") from None
+        reason = error.strerror or _first_line(error)
+        raise VideoDecodeError(f"cannot decode video (not a video, corrupt or truncated): {reason}") from None
 
 
 def _check_limits(video: bytes, limits: VideoLimits) -> None:
