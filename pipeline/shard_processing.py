@@ -35,6 +35,10 @@ from pipeline.shard_writer import ShardFileWriter
 from pipeline.shard_reader import ShardReader, ShardSample
 
 
+# Clips waiting in half-full batches, in units of the batch size: bounds memory whatever the shapes.
+MAX_WAITING_CLIPS_PER_BATCH = 2
+
+
 @dataclass(frozen=True)
 class ShardTask:
     url: str
@@ -175,6 +179,10 @@ class ShardEncoder:
                     buckets[shape].append((index, clip))
                     if len(buckets[shape]) == self.batch_size:
                         run_batch(buckets.pop(shape))
+                    elif sum(map(len, buckets.values())) > MAX_WAITING_CLIPS_PER_BATCH * self.batch_size:
+                        # Many shapes (native resolution), few clips each: encode the fullest bucket
+                        # short rather than hold clips until the shard ends.
+                        run_batch(buckets.pop(max(buckets, key=lambda key: len(buckets[key]))))
             for bucket in buckets.values():
                 run_batch(bucket)
             if reader.truncation is not None:

@@ -293,3 +293,22 @@ def test_previews_show_source_over_reconstruction(shards, tmp_path, local_ray):
     for row in rows:
         image = Image.open(io.BytesIO(row["preview"]))
         assert image.format == "JPEG" and image.size == (4 * 96, 2 * 96)  # 4 frames of 32x32, two rows
+
+
+def test_clips_of_many_shapes_are_all_encoded(tmp_path, local_ray):
+    # decord 0.6 mis-sizes some narrow widths (48 px fails with a size check): these decode.
+    sizes = [(48, 64), (32, 64), (64, 32), (48, 32), (48, 96), (64, 96)]
+    write_tar(tmp_path / "shard-00000.tar", [
+        (f"v{i}", {"mp4": encode_mp4(moving_pattern(8, h, w, seed=i))}) for i, (h, w) in enumerate(sizes)])
+    settings = EncodeSettings(**{**SETTINGS, "resolution": "native", "scoring": ScoreSettings(scores=())})
+    run = RunSettings(num_actors=1, cpus_per_actor=1, batch_size=2, progress=False)
+    assert run_encode_job(str(tmp_path / "shard-00000.tar"), str(tmp_path / "cache"), settings, run).exit_status == 0
+    rows = pq.read_table(tmp_path / "cache" / "shard-00000.parquet").to_pylist()
+    assert sorted((row["height"], row["width"]) for row in rows if row["status"] == "ok") == sorted(sizes)
+
+
+def test_file_urls_for_input_and_output(shards, tmp_path, local_ray):
+    settings = EncodeSettings(**{**SETTINGS, "scoring": ScoreSettings(scores=())})
+    report = run_encode_job(f"file://{shards}/shard-0000{{0,1}}.tar", f"file://{tmp_path}/cache", settings, QUIET)
+    assert report.exit_status == 0 and report.output == str(tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet"]
