@@ -19,13 +19,14 @@ from pipeline.manifest import (
     shard_name,
     summarize,
 )
-from pipeline.scoring import ScoringPlan, plan_scoring, weights_checksums
 from pipeline.model_loading import check_num_frames, default_num_frames, describe_vae
+from pipeline.scoring import ScoringPlan, plan_scoring, weights_checksums
 from pipeline.shard_processing import ShardTask
 from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
 from pipeline.shard_writer import TMP_DIR_NAME
 from pipeline.storage import Location, locate
 from pipeline.version import code_version
+
 
 @dataclass(frozen=True)
 class EncodePlan:
@@ -40,7 +41,9 @@ class EncodePlan:
     scoring: ScoringPlan
 
 
-def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any], scoring: ScoringPlan) -> dict[str, Any]:
+def cache_identity(
+    settings: EncodeSettings, vae_description: dict[str, Any], scoring: ScoringPlan, score_weights: dict[str, str | None]
+) -> dict[str, Any]:
     """What a rerun must match to add to an existing cache: file paths stand in by their checksums."""
     produced = dataclasses.asdict(settings)
     del produced["vae"], produced["weights"]
@@ -50,7 +53,7 @@ def cache_identity(settings: EncodeSettings, vae_description: dict[str, Any], sc
         "vae": {k: v for k, v in vae_description.items() if k not in ("spec", "weights")},
         **produced,
         "scores_computed": list(scoring.computed),
-        "score_weights_sha256": weights_checksums(scoring),
+        "score_weights_sha256": score_weights,
     }
 
 
@@ -114,7 +117,8 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
         scoring = plan_scoring(settings.scoring, settings.allow_random_weights)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    identity = cache_identity(settings, vae_description, scoring)
+    score_weights = weights_checksums(scoring)
+    identity = cache_identity(settings, vae_description, scoring, score_weights)
     job_hash = identity_hash(identity)
     output_location = locate(output)
     committed = prepare_output(output_location, job_hash, overwrite)
@@ -129,6 +133,8 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
             "frame_stride": settings.frame_stride,
             "clips_per_video": settings.clips_per_video,
             "resolution": settings.resolution,
+            "max_pixels": settings.max_pixels,
+            "max_frames": settings.max_frames,
         },
         "compute_dtype": settings.compute_dtype,
         "store_moments": settings.store_moments,
@@ -139,7 +145,7 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
         "thresholds": {SCORE_COLUMNS[name]: f"{op} {bound:g}" for name, (op, bound) in scoring.thresholds.items()},
         "null_scores": {SCORE_COLUMNS[name]: reason for name, reason in scoring.null_reasons.items()},
         "scores_with_random_weights": [SCORE_COLUMNS[name] for name in scoring.random_weights],
-        "score_weights_sha256": weights_checksums(scoring),
+        "score_weights_sha256": score_weights,
         "code_version": code_version(),
     }
     return EncodePlan(

@@ -128,7 +128,8 @@ def test_no_temporary_files_remain_and_metadata_describes_the_cache(encoded):
     assert metadata["vae"]["kind"] == "autoencoder_2d" and metadata["vae"]["spatial_factor"] == 2
     assert metadata["vae"]["weights_sha256"] is None and metadata["vae"]["random_init_seed"] == 0
     assert metadata["latent_dtype"] == "float32"
-    assert metadata["sampling"] == {"num_frames": 4, "frame_stride": 2, "clips_per_video": 2, "resolution": "32"}
+    assert metadata["sampling"] == {"num_frames": 4, "frame_stride": 2, "clips_per_video": 2, "resolution": "32",
+                                    "max_pixels": 4096 * 4096, "max_frames": 100_000}
     # Random weights allowed: every score is computed, the two that need weights say so.
     assert metadata["scores_computed"] == ["psnr", "ssim", "lpips", "disc"] and metadata["null_scores"] == {}
     assert metadata["scores_with_random_weights"] == ["lpips", "disc_score"]
