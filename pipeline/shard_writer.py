@@ -105,7 +105,14 @@ class ShardFileWriter:
     file and the cache never holds the shard twice.
     """
 
-    def __init__(self, output_dir: str, name: str, file_metadata: dict[bytes, bytes], attempt: int = 0) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        name: str,
+        file_metadata: dict[bytes, bytes],
+        attempt: int = 0,
+        schema: pa.Schema = SCHEMA,
+    ) -> None:
         self.output = locate(output_dir)
         self.name = name
         tmp_dir = self.output.child(TMP_DIR_NAME)
@@ -116,27 +123,48 @@ class ShardFileWriter:
         self._hashing = _HashingWriter(self._file)
         self._writer = pq.ParquetWriter(
             self._hashing,
-            SCHEMA.with_metadata(file_metadata),
-            compression=COLUMN_COMPRESSION,
-            use_dictionary=DICTIONARY_COLUMNS,
+            schema.with_metadata(file_metadata),
+            compression={column: COLUMN_COMPRESSION.get(column, "zstd") for column in schema.names},
+            use_dictionary=[column for column in DICTIONARY_COLUMNS if column in schema.names],
         )
-        self._pending: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._rows: list[dict[str, Any]] = []
+        self._pending_rows = 0
         self._pending_bytes = 0
         self.rows = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        self._pending.append(row)
-        self.rows += 1
-        self._pending_bytes += sum(len(row[name] or b"") for name in BINARY_COLUMNS)
-        if self._pending_bytes >= ROW_GROUP_BYTES or len(self._pending) >= ROW_GROUP_MAX_ROWS:
+        """One row as a dict of the schema's columns."""
+        self._rows.append(row)
+        self._grow(1, sum(len(row[name] or b"") for name in BINARY_COLUMNS if name in row))
+
+    def add_table(self, table: pa.Table) -> None:
+        """Rows already in Arrow form (the filter job copies them without decoding a value)."""
+        if table.num_rows:
+            self._stage_rows()
+            self._tables.append(table.replace_schema_metadata(None))
+            self._grow(table.num_rows, table.nbytes)
+
+    def _grow(self, rows: int, nbytes: int) -> None:
+        self.rows += rows
+        self._pending_rows += rows
+        self._pending_bytes += nbytes
+        if self._pending_bytes >= ROW_GROUP_BYTES or self._pending_rows >= ROW_GROUP_MAX_ROWS:
             self.flush()
 
+    def _stage_rows(self) -> None:
+        if self._rows:
+            self._tables.append(pa.Table.from_pylist(self._rows, schema=self._writer.schema.remove_metadata()))
+            self._rows = []
+
     def flush(self) -> None:
-        if not self._pending:
+        """Write what is pending as one row group."""
+        self._stage_rows()
+        if not self._tables:
             return
-        self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self._writer.schema))
-        self._pending = []
-        self._pending_bytes = 0
+        table = pa.concat_tables(self._tables)
+        self._writer.write_table(table, row_group_size=table.num_rows)
+        self._tables, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def commit(self, shard_metadata: dict[str, Any]) -> CommittedShard:
         """Close, make durable, move into place; `shard_metadata` lands in the file footer."""

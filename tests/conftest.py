@@ -15,3 +15,11 @@ def local_ray():
     connect(None, init_kwargs={"num_cpus": 2})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def encoded_test_cache(tmp_path_factory, local_ray):
+    """One real cache per session for the jobs that only read caches; tests that change it copy it."""
+    from tests.caches import encode_test_cache
+
+    return encode_test_cache(tmp_path_factory.mktemp("shards"), tmp_path_factory.mktemp("encoded_cache"))

@@ -1,0 +1,58 @@
+"""python -m jobs.filter --cache DIR --output DIR --where EXPR [--overwrite]
+
+Writes a new cache holding only the rows EXPR selects (see `pipeline.where` for the language),
+copying every column byte for byte; no VAE is loaded. Prints how many rows each `and`-ed criterion
+keeps and drops on its own, and the whole expression.
+
+Exit status: 0 all files committed; 3 finished, some files failed (see the manifest; rerun to
+retry them); 2 usage error; 1 unexpected fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from pipeline.cache_filter import FilterSettings, format_filter_summary, run_filter_job
+from pipeline.encode_settings import UsageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.filter",
+        description="Write a new latent cache holding only the clips a where expression selects (no re-encoding).",
+        epilog="Examples: --where \"passed and lpips < 0.2\"; --where \"psnr >= 30 or status = 'error'\". "
+               "A row is kept where the expression is true; a comparison with null is not true, so error "
+               "rows (null scores and passed) are dropped unless the expression selects them.",
+    )
+    parser.add_argument("--cache", required=True, help="source cache directory or fsspec URL")
+    parser.add_argument("--output", required=True, help="new cache directory (one Parquet file per source file + _manifest.json)")
+    parser.add_argument("--where", required=True,
+                        help="comparisons (< <= > >= = != <>), and/or/not, parentheses, is [not] null, "
+                             "[not] in (...), numbers, 'strings', true/false, bare boolean columns (passed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete a cache made by another filter or job in --output first")
+    parser.add_argument("--workers", type=int, default=2, help="files filtered at once (default 2)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = FilterSettings(args.cache, args.output, args.where, args.overwrite, args.workers)
+        report = run_filter_job(settings)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print("error: the filter stopped on an unexpected error (above). Committed files are kept; "
+              "rerunning the same command resumes.", file=sys.stderr)
+        return 1
+    print(format_filter_summary(report))
+    return report.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

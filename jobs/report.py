@@ -1,0 +1,49 @@
+"""python -m jobs.report --cache DIR --out report.html [--worst N] [--by SCORE]
+
+One self-contained HTML page (inline CSS and SVG, images as data: URIs, no script): totals, score
+histograms with the thresholds, per-shard throughput, and contact sheets of the N worst and best
+clips by a score (from the `preview` column; encode with --keep-previews).
+
+Exit status: 0 written; 2 usage error (not a cache, unknown score, unwritable --out); 1 unexpected
+fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from pipeline.cache_report import write_report
+from pipeline.cache_summary import SCORES
+from pipeline.encode_settings import UsageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.report",
+                                     description="Write a self-contained HTML report of a latent cache.")
+    parser.add_argument("--cache", required=True, help="cache directory or fsspec URL")
+    parser.add_argument("--out", required=True, help="the HTML file to write")
+    parser.add_argument("--worst", type=int, default=8, help="clips in each contact sheet, worst and best (default 8; 0: none)")
+    parser.add_argument("--by", choices=SCORES,
+                        help="score that ranks the contact sheets (default: the first with a threshold, else the first computed)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        url = write_report(args.cache, args.out, args.worst, args.by)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print("error: the report stopped on an unexpected error (above).", file=sys.stderr)
+        return 1
+    print(f"report written to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

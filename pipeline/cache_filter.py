@@ -1,0 +1,431 @@
+"""Re-filtering a cache without re-encoding: a new cache holding the rows a `where` expression selects.
+
+Each source file becomes one output file of the same name, committed like the encode job's
+(`_tmp/`, fsync, rename; copy then delete on object stores). Rows are copied as Arrow data, so
+latents, previews and every other value arrive byte for byte; no VAE is loaded. A row is kept where
+the expression is true; null counts as false (SQL), so error rows go unless the expression selects
+them (`status = 'error'`, `passed or status = 'error'`, `caption is not null`).
+
+Row groups are read in two passes: first only the columns the expression names, then, only for a
+row group where something is selected, the whole row group, so a selective filter does not read
+the latents it drops.
+
+Resume: the output's file metadata carries a `filter` entry and a `job_hash` derived from the
+source cache's job hash, the source location and the expression's canonical form. A rerun skips
+files committed with the same identity whose source file is unchanged, and refuses an output
+written by another filter or job unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.cache_schema import METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.encode_settings import UsageError, identity_hash
+from pipeline.manifest import (
+    MANIFEST_NAME,
+    committed_files,
+    load_manifest,
+    read_committed_shard,
+    shard_name,
+    summarize,
+    write_manifest,
+)
+from pipeline.shard_writer import TMP_DIR_NAME, ShardFileWriter, remove_empty_tmp_dir
+from pipeline.storage import Location, locate
+from pipeline.version import code_version
+from pipeline.where import WhereError, canonical_where, criteria, parse_where, where_columns
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    cache: str
+    output: str
+    where: str
+    overwrite: bool = False
+    # Files filtered at once; the work is Parquet I/O and Arrow kernels, which release the GIL.
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+
+
+@dataclass
+class FilterReport:
+    source: str
+    output: str
+    where: str
+    criteria: list[str]
+    shards: dict[str, dict[str, Any]]
+    skipped: list[str]
+    elapsed_s: float = 0.0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return summarize(self.shards)
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """Rows of the source, kept and dropped, per criterion and for the whole expression."""
+        return total_counts(self.criteria, self.shards.values())
+
+    @property
+    def exit_status(self) -> int:
+        return 3 if self.failed else 0
+
+
+def total_counts(texts: list[str], entries: Any) -> dict[str, Any]:
+    per_criterion = [0] * len(texts)
+    source_rows = kept = 0
+    for entry in entries:
+        counts = entry.get("filter")
+        if not counts:
+            continue
+        source_rows += counts["source_rows"]
+        kept += counts["kept"]
+        for index, item in enumerate(counts["criteria"]):
+            per_criterion[index] += item["kept"]
+    return {
+        "source_rows": source_rows,
+        "kept": kept,
+        "dropped": source_rows - kept,
+        "criteria": [{"criterion": text, "kept": n, "dropped": source_rows - n} for text, n in zip(texts, per_criterion)],
+    }
+
+
+@dataclass(frozen=True)
+class _SourceFile:
+    location: Location
+    name: str
+    metadata: dict[str, Any]
+    shard: dict[str, Any]
+    fingerprint: str
+
+
+def _source_file(location: Location) -> _SourceFile:
+    """Footer only. The fingerprint (size, rows, the encode attempt's footer entry) changes when the
+    source file is rewritten, so a resume refilters it."""
+    with location.open("rb") as handle:
+        footer = pq.read_metadata(handle)
+    metadata = read_cache_metadata(footer.metadata)
+    shard_raw = (footer.metadata or {}).get(SHARD_METADATA_KEY, b"{}")
+    size = location.fs.size(location.path)
+    fingerprint = hashlib.sha256(b"%d/%d/" % (size, footer.num_rows) + shard_raw).hexdigest()[:16]
+    return _SourceFile(location, shard_name(location), metadata, json.loads(shard_raw), fingerprint)
+
+
+@dataclass(frozen=True)
+class _FilterPlan:
+    settings: FilterSettings
+    source: Location
+    output: Location
+    criteria: list[str]
+    canonical: str
+    identity: dict[str, Any]
+    job_hash: str
+    started: str
+    sources: list[_SourceFile]
+    todo: list[_SourceFile]
+    committed: dict[str, dict[str, Any]]
+    source_manifest: dict[str, Any] | None
+
+
+def _check_expression(settings: FilterSettings, sources: list[_SourceFile]) -> tuple[list[str], str]:
+    try:
+        texts = criteria(settings.where)
+        canonical = canonical_where(settings.where)
+        for source in sources[:1]:
+            with source.location.open("rb") as handle:
+                schema = pq.read_schema(handle)
+            parse_where(settings.where, schema)
+    except WhereError as exc:
+        raise UsageError(f"--{exc}") from exc  # the message starts "where: "
+    return texts, canonical
+
+
+def _prepare_output(output: Location, job_hash: str, overwrite: bool) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Create OUTPUT, clear `_tmp/`; the entries and start time of files this filter committed before."""
+    try:
+        output.fs.makedirs(output.path, exist_ok=True)
+        probe = output.child(f".write-test-{time.time_ns()}")
+        probe.fs.pipe_file(probe.path, b"")
+        probe.remove()
+    except OSError as exc:
+        raise UsageError(f"--output {output.url!r} is not writable: {exc}") from exc
+    output.child(TMP_DIR_NAME).remove(recursive=True)
+    committed: dict[str, dict[str, Any]] = {}
+    started = None
+    foreign: list[str] = []
+    described = ""
+    for location in committed_files(output.url):
+        try:
+            metadata, shard = read_committed_shard(location)
+        except (ValueError, OSError) as exc:
+            foreign.append(shard_name(location))
+            described = described or f"{shard_name(location)}.parquet is not a cache file ({exc})"
+            continue
+        if metadata.get("job_hash") != job_hash:
+            foreign.append(shard_name(location))
+            previous = metadata.get("filter")
+            described = described or (
+                f"filtered from {previous['source']} with --where {previous['expression']!r}" if previous
+                else "an encoded cache, not this filter's output")
+            continue
+        committed[shard_name(location)] = shard
+        started = started or metadata["filter"]["time"]
+    manifest = load_manifest(output.url)
+    if manifest is not None and manifest.get("job", {}).get("hash") != job_hash:
+        foreign.append(MANIFEST_NAME)
+        job = manifest.get("job", {})
+        described = described or (
+            f"filtered from {job.get('source')} with --where {job.get('where')!r}" if job.get("kind") == "filter"
+            else "another job's manifest")
+    if foreign and not overwrite:
+        raise UsageError(
+            f"{output.url} already holds another cache ({described}; {', '.join(foreign[:3])}"
+            f"{' ...' if len(foreign) > 3 else ''}). Use another --output, or --overwrite to delete it and start again."
+        )
+    if foreign:
+        for location in committed_files(output.url):
+            location.remove()
+        output.child(MANIFEST_NAME).remove()
+        return {}, None
+    return committed, started
+
+
+def plan_filter(settings: FilterSettings) -> _FilterPlan:
+    source = locate(settings.cache)
+    output = locate(settings.output)
+    if source.url.rstrip("/") == output.url.rstrip("/"):
+        raise UsageError("--output must differ from --cache: the filter writes a new cache")
+    try:
+        locations = committed_files(source.url)
+    except OSError as exc:
+        raise UsageError(f"--cache {settings.cache!r} cannot be listed: {exc}") from exc
+    if not locations:
+        raise UsageError(f"--cache {settings.cache!r} holds no committed .parquet files")
+    try:
+        sources = [_source_file(location) for location in locations]
+    except ValueError as exc:
+        raise UsageError(f"--cache {settings.cache!r}: {exc}") from exc
+    texts, canonical = _check_expression(settings, sources)
+    identity = {
+        "source": source.url,
+        "where": canonical,
+        "source_job_hash": sorted({str(item.metadata.get("job_hash")) for item in sources}),
+    }
+    job_hash = identity_hash(identity)
+    committed, started = _prepare_output(output, job_hash, settings.overwrite)
+    todo = [item for item in sources
+            if committed.get(item.name, {}).get("source", {}).get("fingerprint") != item.fingerprint]
+    started = started or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return _FilterPlan(settings, source, output, texts, canonical, identity, job_hash, started, sources, todo,
+                       committed, load_manifest(source.url))
+
+
+def _output_metadata(plan: _FilterPlan, item: _SourceFile) -> dict[str, Any]:
+    return {
+        **item.metadata,
+        "job_hash": plan.job_hash,
+        "filter": {
+            "expression": plan.settings.where,
+            "canonical": plan.canonical,
+            "criteria": plan.criteria,
+            "source": plan.source.url,
+            "source_job_hash": item.metadata.get("job_hash"),
+            "time": plan.started,
+            "code_version": code_version(),
+            # A filtered cache filtered again keeps the chain.
+            "previous": item.metadata.get("filter"),
+        },
+    }
+
+
+def _evaluate(table: pa.Table, expressions: list[pc.Expression]) -> list[pa.ChunkedArray]:
+    """Each expression as a boolean column over `table`'s rows, nulls made false."""
+    projected = ds.dataset(table).to_table(columns={f"e{i}": e for i, e in enumerate(expressions)})
+    return [pc.fill_null(projected.column(i), False) for i in range(len(expressions))]
+
+
+def filter_file(plan: _FilterPlan, item: _SourceFile) -> dict[str, Any]:
+    """Filter one source file into a committed output file; its manifest entry."""
+    started = time.perf_counter()
+    seconds = {"read": 0.0, "filter": 0.0, "write": 0.0}
+    with item.location.open("rb") as handle:
+        source = pq.ParquetFile(handle)
+        schema = source.schema_arrow
+        expression = parse_where(plan.settings.where, schema)
+        singles = [parse_where(text, schema) for text in plan.criteria]
+        probe_columns = where_columns(plan.settings.where) or [schema.names[0]]
+        metadata = {k: v for k, v in (schema.metadata or {}).items() if k not in (SHARD_METADATA_KEY, b"ARROW:schema")}
+        metadata[METADATA_KEY] = json.dumps(_output_metadata(plan, item), sort_keys=True).encode()
+        writer = ShardFileWriter(plan.output.url, item.name, metadata, schema=schema.remove_metadata())
+        try:
+            kept_by_criterion = [0] * len(singles)
+            clips = error_rows = rejected = 0
+            for group in range(source.num_row_groups):
+                t0 = time.perf_counter()
+                probe = source.read_row_group(group, columns=probe_columns)
+                t1 = time.perf_counter()
+                masks = _evaluate(probe, [expression, *singles])
+                for index, mask in enumerate(masks[1:]):
+                    kept_by_criterion[index] += pc.sum(mask).as_py() or 0
+                selected = pc.sum(masks[0]).as_py() or 0
+                t2 = time.perf_counter()
+                seconds["read"] += t1 - t0
+                seconds["filter"] += t2 - t1
+                if not selected:
+                    continue
+                rows = source.read_row_group(group).filter(masks[0])
+                t3 = time.perf_counter()
+                seconds["read"] += t3 - t2
+                status = rows.column("status")
+                clips += pc.sum(pc.equal(status, "ok")).as_py() or 0
+                error_rows += pc.sum(pc.equal(status, "error")).as_py() or 0
+                rejected += pc.sum(pc.equal(rows.column("passed"), False)).as_py() or 0
+                writer.add_table(rows)
+                seconds["write"] += time.perf_counter() - t3
+            source_rows = source.metadata.num_rows
+            t4 = time.perf_counter()
+            entry = {
+                "url": item.shard.get("url", item.location.url),
+                "name": item.name,
+                # "partial" stays: the input shard was truncated, whatever the filter keeps.
+                "status": item.shard.get("status", "committed"),
+                "reason": item.shard.get("reason"),
+                "samples": item.shard.get("samples"),
+                "clips": clips,
+                "error_rows": error_rows,
+                "rejected": rejected,
+                "rows": writer.rows,
+                "source": {
+                    "path": item.location.url,
+                    "rows": source_rows,
+                    "fingerprint": item.fingerprint,
+                    "seconds": item.shard.get("seconds", {}),
+                },
+                "filter": {
+                    "source_rows": source_rows,
+                    "kept": writer.rows,
+                    "dropped": source_rows - writer.rows,
+                    "criteria": [{"criterion": text, "kept": n, "dropped": source_rows - n}
+                                 for text, n in zip(plan.criteria, kept_by_criterion)],
+                },
+                "host": os.uname().nodename,
+                "pid": os.getpid(),
+            }
+            seconds["write"] += time.perf_counter() - t4
+            entry["seconds"] = {name: round(value, 4) for name, value in seconds.items()}
+            entry["seconds"]["total"] = round(time.perf_counter() - started, 4)
+            committed = writer.commit(entry)
+        except BaseException:
+            writer.abort()
+            raise
+    entry.update(path=committed.path, sha256=committed.sha256, size_bytes=committed.size_bytes)
+    return entry
+
+
+def _manifest(plan: _FilterPlan, shards: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    source_manifest = plan.source_manifest or {}
+    model = source_manifest.get("model") or (plan.sources[0].metadata.get("vae") if plan.sources else None)
+    return {
+        "contract_version": 1,
+        "job": {
+            "kind": "filter",
+            "hash": plan.job_hash,
+            "source": plan.source.url,
+            "where": plan.settings.where,
+            "identity": plan.identity,
+            "criteria": plan.criteria,
+            "source_job": source_manifest.get("job"),
+            "code_version": code_version(),
+        },
+        "model": model,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "totals": summarize(shards),
+        "filter": total_counts(plan.criteria, shards.values()),
+        "shards": dict(sorted(shards.items())),
+    }
+
+
+def run_filter_job(settings: FilterSettings) -> FilterReport:
+    """Plan (UsageError on bad flags), then filter every source file not already done; a file that
+    fails is recorded (exit status 3) and retried by the next run."""
+    started = time.perf_counter()
+    plan = plan_filter(settings)
+    done = {item.name for item in plan.sources} - {item.name for item in plan.todo}
+    shards = {name: entry for name, entry in plan.committed.items()}
+    known = {item.name for item in plan.sources}
+    for name in sorted(set(plan.committed) - known):
+        print(f"warning: {name}.parquet is in --output but no longer in --cache; it is kept", file=sys.stderr)
+    report = FilterReport(plan.source.url, plan.output.url, settings.where, plan.criteria, shards,
+                          sorted(done & set(plan.committed)))
+    try:
+        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+            futures = {pool.submit(filter_file, plan, item): item for item in plan.todo}
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    shards[item.name] = future.result()
+                except Exception as exc:  # recorded; a rerun retries the file
+                    entry = {"url": item.shard.get("url", item.location.url), "name": item.name, "status": "failed",
+                             "reason": f"{type(exc).__name__}: {exc}"[:2000], "source": {"path": item.location.url}}
+                    shards[item.name] = entry
+                    report.failed.append(entry)
+                write_manifest(plan.output.url, _manifest(plan, shards))
+        if not plan.todo:
+            write_manifest(plan.output.url, _manifest(plan, shards))
+    finally:
+        remove_empty_tmp_dir(plan.output.url)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def format_filter_summary(report: FilterReport) -> str:
+    counts = report.counts
+    totals = report.totals
+    width = max([len("the whole expression"), *(len(text) for text in report.criteria)]) + 2
+
+    def share(n: int) -> str:
+        return f"{100 * n / counts['source_rows']:.1f}%" if counts["source_rows"] else "-"
+
+    lines = [
+        "",
+        f"{'source':<18}{report.source}",
+        f"{'output':<18}{report.output}",
+        f"{'where':<18}{report.where}",
+        "",
+        f"{'criterion':<{width}}{'kept':>10}{'dropped':>10}{'kept %':>9}",
+    ]
+    for item in counts["criteria"]:
+        lines.append(f"{item['criterion']:<{width}}{item['kept']:>10}{item['dropped']:>10}{share(item['kept']):>9}")
+    lines.append(f"{'the whole expression':<{width}}{counts['kept']:>10}{counts['dropped']:>10}{share(counts['kept']):>9}")
+    lines += [
+        "",
+        f"{'shards':<18}{totals['shards']} ({totals['committed']} committed, {totals['partial']} partial, "
+        f"{totals['failed']} failed; {len(report.skipped)} already committed before this run)",
+        f"{'rows':<18}{counts['kept']} of {counts['source_rows']} kept: {totals['clips']} clips "
+        f"({totals['clips'] - totals['rejected']} passed, {totals['rejected']} below the thresholds), "
+        f"{totals['error_rows']} error rows",
+        f"{'time':<18}{report.elapsed_s:.1f} s",
+    ]
+    for entry in report.failed:
+        lines.append(f"FAILED shard      {entry['name']}: {entry['reason']}")
+    if report.failed:
+        lines.append("Failed files are listed in _manifest.json; rerun the same command to retry them.")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""The filter job on a cache the real encode job made: the output is the filtered view of the source,
+byte for byte; counts per criterion; resume; refusal of another expression; no model is built."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs.filter import main as filter_main
+from pipeline.cache_schema import METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.manifest import MANIFEST_NAME
+from pipeline.where import criteria, parse_where
+
+@pytest.fixture(scope="module")
+def source(encoded_test_cache) -> Path:
+    return encoded_test_cache
+
+
+WHERE = "passed and lpips < 0 and (ssim > 0 or psnr > 11.3)"
+
+
+def _filtered_view(cache: Path, where: str) -> dict[str, pa.Table]:
+    """What a pyarrow reader selects from each file of the source with the same expression."""
+    view = {}
+    for path in sorted(cache.glob("*.parquet")):
+        table = pq.read_table(path)
+        view[path.stem] = table.filter(parse_where(where, table.schema))
+    return view
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    status = filter_main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_cache_has_what_the_tests_need(source):
+    table = ds.dataset(source, format="parquet").to_table(columns=["status", "passed", "preview"])
+    assert pc.sum(pc.equal(table["status"], "error")).as_py() == 6
+    assert pc.sum(pc.equal(table["passed"], True)).as_py() > 0
+    assert pc.sum(pc.equal(table["passed"], False)).as_py() > 0
+    assert table["preview"].null_count == 6
+
+
+def test_output_is_the_filtered_view_byte_for_byte(source, tmp_path, capsys):
+    output = tmp_path / "out"
+    status, out, err = _run(capsys, "--cache", str(source), "--output", str(output), "--where", WHERE)
+    assert status == 0, err
+    expected = _filtered_view(source, WHERE)
+    assert sorted(p.stem for p in output.glob("*.parquet")) == sorted(expected)
+    assert sum(t.num_rows for t in expected.values()) > 0
+    for name, want in expected.items():
+        file = pq.ParquetFile(output / f"{name}.parquet")
+        got = file.read()
+        assert got.schema.remove_metadata().equals(want.schema.remove_metadata())
+        assert got.equals(want), name  # every column, latents and previews included
+        assert got.column("latent").to_pylist() == want.column("latent").to_pylist()
+        # The metadata is the source's plus the filter entry.
+        source_metadata = read_cache_metadata(pq.read_metadata(source / f"{name}.parquet").metadata)
+        metadata = read_cache_metadata(file.schema_arrow.metadata)
+        entry = metadata.pop("filter")
+        assert entry["expression"] == WHERE and entry["source"] == str(source) and entry["time"]
+        assert entry["criteria"] == criteria(WHERE) and entry["previous"] is None
+        assert entry["source_job_hash"] == source_metadata["job_hash"]
+        assert metadata.pop("job_hash") != source_metadata.pop("job_hash")
+        assert metadata == source_metadata
+    # The same through a dataset scan of the whole cache.
+    scan = ds.dataset(source, format="parquet").to_table(filter=parse_where(WHERE, pq.read_schema(source / "shard-00000.parquet")))
+    assert ds.dataset(output, format="parquet").to_table().sort_by("key").equals(scan.sort_by("key"))
+    assert not (output / "_tmp").exists()
+
+
+def test_counts_per_criterion_are_printed_and_recorded(source, tmp_path, capsys):
+    output = tmp_path / "out"
+    status, out, _ = _run(capsys, "--cache", str(source), "--output", str(output), "--where", WHERE)
+    assert status == 0
+    table = ds.dataset(source, format="parquet").to_table()
+    total = table.num_rows
+    lines = out.splitlines()
+    expected = {}
+    for text in criteria(WHERE):
+        kept = table.filter(parse_where(text, table.schema)).num_rows
+        expected[text] = (kept, total - kept)
+    kept = table.filter(parse_where(WHERE, table.schema)).num_rows
+    expected["the whole expression"] = (kept, total - kept)
+    for text, (kept, dropped) in expected.items():
+        line = next(line for line in lines if line.startswith(text + " "))
+        assert line.split()[-3:-1] == [str(kept), str(dropped)], line
+    manifest = json.loads((output / MANIFEST_NAME).read_text())
+    assert manifest["job"]["kind"] == "filter" and manifest["job"]["where"] == WHERE
+    assert manifest["filter"]["source_rows"] == total
+    assert manifest["filter"]["kept"] == expected["the whole expression"][0]
+    assert [(c["criterion"], c["kept"], c["dropped"]) for c in manifest["filter"]["criteria"]] == [
+        (text, *expected[text]) for text in criteria(WHERE)]
+    for name, entry in manifest["shards"].items():
+        rows = pq.read_table(output / f"{name}.parquet")
+        assert entry["status"] == "committed" and entry["rows"] == rows.num_rows
+        assert entry["clips"] == pc.sum(pc.equal(rows["status"], "ok")).as_py()
+        assert entry["error_rows"] == 0  # passed is null on error rows
+        assert entry["rejected"] == 0
+        assert entry["size_bytes"] == (output / f"{name}.parquet").stat().st_size
+        footer = json.loads(pq.read_metadata(output / f"{name}.parquet").metadata[SHARD_METADATA_KEY])
+        assert footer["filter"] == entry["filter"]
+    assert manifest["totals"]["committed"] == 2 and manifest["totals"]["failed"] == 0
+
+
+def test_error_rows_are_kept_only_when_selected(source, tmp_path, capsys):
+    status, _, _ = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "errors"),
+                        "--where", "status = 'error'")
+    assert status == 0
+    errors = ds.dataset(tmp_path / "errors", format="parquet").to_table()
+    assert errors.num_rows == 6 and set(errors["status"].to_pylist()) == {"error"}
+    manifest = json.loads((tmp_path / "errors" / MANIFEST_NAME).read_text())
+    assert manifest["totals"]["error_rows"] == 6 and manifest["totals"]["clips"] == 0
+    status, _, _ = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "rejected"),
+                        "--where", "not passed or status = 'error'")
+    assert status == 0
+    rows = ds.dataset(tmp_path / "rejected", format="parquet").to_table()
+    assert set(rows["status"].to_pylist()) == {"ok", "error"}
+    assert rows.filter(pc.equal(rows["status"], "ok"))["passed"].to_pylist() == [False] * (rows.num_rows - 6)
+
+
+def test_nothing_selected_still_commits_every_file(source, tmp_path, capsys):
+    status, out, _ = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "none"), "--where", "psnr > 1000")
+    assert status == 0
+    files = sorted((tmp_path / "none").glob("*.parquet"))
+    assert len(files) == 2 and all(pq.read_metadata(f).num_rows == 0 for f in files)
+    assert ds.dataset(tmp_path / "none", format="parquet").to_table().num_rows == 0
+
+
+def test_resume_skips_committed_files_and_refilters_what_is_missing(source, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _run(capsys, "--cache", str(source), "--output", str(output), "--where", WHERE)[0] == 0
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in output.glob("*.parquet")}
+    # Another spelling of the same expression is the same filter.
+    status, out, _ = _run(capsys, "--cache", str(source), "--output", str(output), "--where", WHERE.replace("and", "AND"))
+    assert status == 0 and "2 already committed before this run" in out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in output.glob("*.parquet")} == before
+    (output / "shard-00001.parquet").unlink()
+    status, out, _ = _run(capsys, "--cache", str(source), "--output", str(output), "--where", WHERE)
+    assert status == 0 and "1 already committed before this run" in out
+    assert (output / "shard-00000.parquet").stat().st_mtime_ns == before["shard-00000.parquet"][0]
+    assert pq.read_table(output / "shard-00001.parquet").equals(_filtered_view(source, WHERE)["shard-00001"])
+    manifest = json.loads((output / MANIFEST_NAME).read_text())
+    assert manifest["totals"]["committed"] == 2
+
+
+def test_a_changed_source_file_is_filtered_again(source, tmp_path, capsys):
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    output = tmp_path / "out"
+    assert _run(capsys, "--cache", str(copy), "--output", str(output), "--where", "passed")[0] == 0
+    # Rewrite one source file with fewer rows, as a re-encode would.
+    path = copy / "shard-00000.parquet"
+    footer = pq.read_metadata(path)
+    table = pq.read_table(path).slice(0, 2)
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: footer.metadata[METADATA_KEY]}), path)
+    status, out, _ = _run(capsys, "--cache", str(copy), "--output", str(output), "--where", "passed")
+    assert status == 0 and "1 already committed before this run" in out
+    assert pq.read_table(output / "shard-00000.parquet").equals(_filtered_view(copy, "passed")["shard-00000"])
+
+
+def test_another_expression_is_refused_unless_overwrite(source, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _run(capsys, "--cache", str(source), "--output", str(output), "--where", WHERE)[0] == 0
+    status, _, err = _run(capsys, "--cache", str(source), "--output", str(output), "--where", "passed")
+    assert status == 2
+    assert "already holds another cache" in err and WHERE in err and "--overwrite" in err
+    status, _, err = _run(capsys, "--cache", str(source), "--output", str(output), "--where", "passed", "--overwrite")
+    assert status == 0, err
+    assert ds.dataset(output, format="parquet").to_table().sort_by("key").equals(
+        pa.concat_tables(_filtered_view(source, "passed").values()).sort_by("key"))
+    assert json.loads((output / MANIFEST_NAME).read_text())["job"]["where"] == "passed"
+
+
+def test_an_encoded_cache_in_output_is_refused(source, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    status, _, err = _run(capsys, "--cache", str(source), "--output", str(copy), "--where", "passed")
+    assert status == 2 and "an encoded cache" in err
+    status, _, err = _run(capsys, "--cache", str(source), "--output", str(source), "--where", "passed")
+    assert status == 2 and "--output must differ from --cache" in err
+
+
+def test_a_filtered_cache_filters_again_and_keeps_the_chain(source, tmp_path, capsys):
+    assert _run(capsys, "--cache", str(source), "--output", str(tmp_path / "a"), "--where", "passed")[0] == 0
+    assert _run(capsys, "--cache", str(tmp_path / "a"), "--output", str(tmp_path / "b"), "--where", "psnr > 11.3")[0] == 0
+    metadata = read_cache_metadata(pq.read_schema(tmp_path / "b" / "shard-00000.parquet").metadata)
+    assert metadata["filter"]["expression"] == "psnr > 11.3"
+    assert metadata["filter"]["previous"]["expression"] == "passed"
+    both = ds.dataset(tmp_path / "b", format="parquet").to_table().sort_by("key")
+    assert both.equals(pa.concat_tables(_filtered_view(source, "passed and psnr > 11.3").values()).sort_by("key"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--where", "pased"], "unknown column 'pased' (did you mean 'passed'?); the columns are: key,"),
+    (["--where", "psnr > 'x'"], "cannot compare 'psnr'"),
+    (["--where", "passed and"], "expected a column"),
+    (["--where", "passed", "--workers", "0"], "--workers"),
+])
+def test_usage_errors_exit_2(source, tmp_path, capsys, args, message):
+    status, _, err = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "out"), *args)
+    assert status == 2 and message in err, err
+    assert not list((tmp_path / "out").glob("*.parquet")) if (tmp_path / "out").exists() else True
+
+
+def test_a_directory_without_a_cache_exits_2(tmp_path, capsys):
+    status, _, err = _run(capsys, "--cache", str(tmp_path), "--output", str(tmp_path / "out"), "--where", "passed")
+    assert status == 2 and "no committed .parquet files" in err
+
+
+def test_no_model_is_built(source, tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the filter job built a torch module")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", refuse)
+    status, _, err = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "out"), "--where", WHERE)
+    assert status == 0, err
