@@ -299,6 +299,9 @@ class _Checker:
         if kind != _BOOL:
             self._fail(f"{self._snippet(node)!r} is a {kind}, not a condition; compare it (e.g. "
                        f"{self._snippet(node)} > 0) or test it with 'is null'", node)
+        if isinstance(node, _Column):
+            # A bare boolean column, spelled as a comparison: row-group statistics can then rule groups out.
+            return expression == pc.scalar(True)
         return expression
 
     def build(self, node: _Node) -> tuple[pc.Expression, str]:
