@@ -127,3 +127,7 @@ def test_numpy_alone_restores_a_latent(caches, dtype, monkeypatch):
     expected = load_latent(caches[dtype], row["key"])
     assert expected.dtype == getattr(torch, dtype)
     assert np.array_equal(latent, expected.float().numpy().astype(latent.dtype))
+
+
+def test_the_readme_shows_the_tested_snippet():
+    assert NUMPY_SNIPPET in (Path(__file__).resolve().parents[1] / "README.md").read_text()
