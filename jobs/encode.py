@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from pipeline.ray_session import configure_ray_environment
 
 configure_ray_environment()
 
-from pipeline.encode_settings import COMPUTE_DTYPES, EncodeSettings, RunSettings, UsageError  # noqa: E402
+from pipeline.encode_settings import COMPUTE_DTYPES, EncodeSettings, RunSettings  # noqa: E402
+from pipeline.errors import UsageError  # noqa: E402
 from pipeline.cache_schema import LATENT_DTYPES  # noqa: E402
 from pipeline.job_summary import format_summary  # noqa: E402
 from pipeline.runner import JobReport, run_encode_job  # noqa: E402
 from pipeline.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
+from jobs.exit_status import run_job  # noqa: E402
 
 
 def _pixels(text: str) -> int:
@@ -147,18 +148,13 @@ def run_from_args(args: argparse.Namespace) -> JobReport:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         report = run_from_args(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        print("error: the job stopped on an unexpected error (above). Committed shards are kept; "
-              "rerunning the same command resumes.", file=sys.stderr)
-        return 1
-    print(format_summary(report))
-    return report.exit_status
+        print(format_summary(report))
+        return report.exit_status
+
+    return run_job(work, "the encode job", resumable=True)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from pipeline.cache_filter import FilterSettings, format_filter_summary, run_filter_job
-from pipeline.encode_settings import UsageError
+from jobs.exit_status import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,19 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = FilterSettings(args.cache, args.output, args.where, args.overwrite, args.workers)
-        report = run_filter_job(settings)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        print("error: the filter stopped on an unexpected error (above). Committed files are kept; "
-              "rerunning the same command resumes.", file=sys.stderr)
-        return 1
-    print(format_filter_summary(report))
-    return report.exit_status
+
+    def work() -> int:
+        report = run_filter_job(FilterSettings(args.cache, args.output, args.where, args.overwrite, args.workers))
+        print(format_filter_summary(report))
+        return report.exit_status
+
+    return run_job(work, "the filter", resumable=True)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from pipeline.cache_summary import format_cache_summary, scan_cache
-from pipeline.encode_settings import UsageError
+from jobs.exit_status import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,16 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         print(format_cache_summary(scan_cache(args.cache)))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        print("error: inspect stopped on an unexpected error (above).", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_job(work, "inspect")
 
 
 if __name__ == "__main__":

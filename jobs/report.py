@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from pipeline.cache_report import write_report
 from pipeline.cache_summary import SCORES
-from pipeline.encode_settings import UsageError
+from jobs.exit_status import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,17 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        url = write_report(args.cache, args.out, args.worst, args.by)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        print("error: the report stopped on an unexpected error (above).", file=sys.stderr)
-        return 1
-    print(f"report written to {url}")
-    return 0
+
+    def work() -> int:
+        print(f"report written to {write_report(args.cache, args.out, args.worst, args.by)}")
+        return 0
+
+    return run_job(work, "the report")
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.cache_schema import METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
-from pipeline.encode_settings import UsageError, identity_hash
+from pipeline.encode_settings import identity_hash
+from pipeline.errors import UsageError
 from pipeline.manifest import (
     MANIFEST_NAME,
+    cache_files,
     committed_files,
     load_manifest,
     read_committed_shard,
@@ -44,7 +46,7 @@ from pipeline.manifest import (
     summarize,
     write_manifest,
 )
-from pipeline.shard_writer import TMP_DIR_NAME, ShardFileWriter, remove_empty_tmp_dir
+from pipeline.shard_writer import ShardFileWriter, open_output_dir, remove_empty_tmp_dir
 from pipeline.storage import Location, locate
 from pipeline.version import code_version
 from pipeline.where import WhereError, canonical_where, criteria, parse_where, where_columns
@@ -160,14 +162,7 @@ def _check_expression(settings: FilterSettings, sources: list[_SourceFile]) -> t
 
 def _prepare_output(output: Location, job_hash: str, overwrite: bool) -> tuple[dict[str, dict[str, Any]], str | None]:
     """Create OUTPUT, clear `_tmp/`; the entries and start time of files this filter committed before."""
-    try:
-        output.fs.makedirs(output.path, exist_ok=True)
-        probe = output.child(f".write-test-{time.time_ns()}")
-        probe.fs.pipe_file(probe.path, b"")
-        probe.remove()
-    except OSError as exc:
-        raise UsageError(f"--output {output.url!r} is not writable: {exc}") from exc
-    output.child(TMP_DIR_NAME).remove(recursive=True)
+    open_output_dir(output)
     committed: dict[str, dict[str, Any]] = {}
     started = None
     foreign: list[str] = []
@@ -213,12 +208,7 @@ def plan_filter(settings: FilterSettings) -> _FilterPlan:
     output = locate(settings.output)
     if source.url.rstrip("/") == output.url.rstrip("/"):
         raise UsageError("--output must differ from --cache: the filter writes a new cache")
-    try:
-        locations = committed_files(source.url)
-    except OSError as exc:
-        raise UsageError(f"--cache {settings.cache!r} cannot be listed: {exc}") from exc
-    if not locations:
-        raise UsageError(f"--cache {settings.cache!r} holds no committed .parquet files")
+    locations = cache_files(source.url, "--cache")
     try:
         sources = [_source_file(location) for location in locations]
     except ValueError as exc:

@@ -36,7 +36,7 @@ from pipeline.cache_summary import (
     vae_text,
     weights_text,
 )
-from pipeline.encode_settings import UsageError
+from pipeline.errors import UsageError
 from pipeline.storage import locate
 
 NO_PREVIEWS = ("This cache has no previews: encode with --keep-previews to see source and reconstruction "

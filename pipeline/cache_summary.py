@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.cache_schema import SCHEMA, SCORE_COLUMNS, SHARD_METADATA_KEY, read_cache_metadata
-from pipeline.encode_settings import UsageError
-from pipeline.manifest import committed_files, load_manifest, shard_name
+from pipeline.errors import UsageError
+from pipeline.manifest import cache_files, load_manifest, shard_name
 from pipeline.storage import locate
 
 SCORES = tuple(SCORE_COLUMNS.values())  # psnr, ssim, lpips, disc_score
@@ -74,12 +74,7 @@ def scan_cache(url: str) -> CacheScan:
     """Footers, the manifest and the light columns of every committed file; UsageError if `url`
     holds no cache."""
     cache = locate(url)
-    try:
-        locations = committed_files(cache.url)
-    except OSError as exc:
-        raise UsageError(f"{url!r} cannot be listed: {exc}") from exc
-    if not locations:
-        raise UsageError(f"{url!r} holds no .parquet files: not a latent cache")
+    locations = cache_files(cache.url, "cache")
     files: list[CacheFile] = []
     tables: list[pa.Table] = []
     for location in locations:

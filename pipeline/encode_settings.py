@@ -8,13 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.cache_schema import LATENT_DTYPES
+from pipeline.errors import UsageError
 from pipeline.scoring import ScoreSettings
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-class UsageError(ValueError):
-    """Bad flags or inputs: the job stops before doing any work (exit status 2)."""
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.cache_schema import SCORE_COLUMNS, SCORE_DEFINITIONS, cache_metadata
 from pipeline.decode import parse_resolution
-from pipeline.encode_settings import EncodeSettings, UsageError, identity_hash
+from pipeline.encode_settings import EncodeSettings, identity_hash
+from pipeline.errors import UsageError
 from pipeline.manifest import (
     MANIFEST_NAME,
     committed_files,
@@ -23,7 +23,7 @@ from pipeline.model_loading import check_num_frames, default_num_frames, describ
 from pipeline.scoring import ScoringPlan, plan_scoring, weights_checksums
 from pipeline.shard_processing import ShardTask
 from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
-from pipeline.shard_writer import TMP_DIR_NAME
+from pipeline.shard_writer import open_output_dir
 from pipeline.storage import Location, locate
 from pipeline.version import code_version
 
@@ -59,14 +59,7 @@ def cache_identity(
 
 def prepare_output(output: Location, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
     """Create OUTPUT, clear `_tmp/`, and return the shards already committed by the same job."""
-    try:
-        output.fs.makedirs(output.path, exist_ok=True)
-        probe = output.child(f".write-test-{time.time_ns()}")
-        probe.fs.pipe_file(probe.path, b"")
-        probe.remove()
-    except OSError as exc:
-        raise UsageError(f"--output {output.url!r} is not writable: {exc}") from exc
-    output.child(TMP_DIR_NAME).remove(recursive=True)
+    open_output_dir(output)
     manifest = load_manifest(output.url)
     committed: dict[str, dict[str, Any]] = {}
     foreign = []

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.cache_schema import SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.errors import UsageError
 from pipeline.storage import Location, locate
 
 MANIFEST_NAME = "_manifest.json"
@@ -17,6 +18,17 @@ MANIFEST_NAME = "_manifest.json"
 
 def committed_files(output_dir: str) -> list[Location]:
     return locate(output_dir).glob("*.parquet")
+
+
+def cache_files(url: str, flag: str) -> list[Location]:
+    """The committed files of an existing cache; a UsageError naming `flag` when there are none."""
+    try:
+        locations = committed_files(url)
+    except OSError as exc:
+        raise UsageError(f"{flag} {url!r} cannot be listed: {exc}") from exc
+    if not locations:
+        raise UsageError(f"{flag} {url!r} holds no committed .parquet files: not a latent cache")
+    return locations
 
 
 def shard_name(committed: Location) -> str:

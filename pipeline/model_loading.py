@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import vae
-from pipeline.encode_settings import EncodeSettings, UsageError
+from pipeline.encode_settings import EncodeSettings
+from pipeline.errors import UsageError
 from pipeline.shard_writer import sha256_of_file
 
 

@@ -14,7 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from pipeline.encode_settings import EncodeSettings, RunSettings, UsageError
+from pipeline.encode_settings import EncodeSettings, RunSettings
+from pipeline.errors import UsageError
 from pipeline.fault_injection import FAULTS_ENV
 from pipeline.job_plan import EncodePlan, manifest_document, plan_job
 from pipeline.manifest import summarize, write_manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import IO, Any
@@ -19,7 +20,8 @@ from pipeline.cache_schema import (
     SCHEMA,
     SHARD_METADATA_KEY,
 )
-from pipeline.storage import locate
+from pipeline.errors import UsageError
+from pipeline.storage import Location, locate
 
 TMP_DIR_NAME = "_tmp"
 # Row groups are the unit a reader skips or fetches; ~32 MiB keeps reads large and memory bounded.
@@ -37,6 +39,18 @@ class CommittedShard:
 
 def _attempt_prefix(name: str, attempt: int) -> str:
     return f"{name}.attempt{attempt}."
+
+
+def open_output_dir(output: Location) -> None:
+    """Create OUTPUT, prove it takes writes, and clear `_tmp/` of attempts a dead run left behind."""
+    try:
+        output.fs.makedirs(output.path, exist_ok=True)
+        probe = output.child(f".write-test-{time.time_ns()}")
+        probe.fs.pipe_file(probe.path, b"")
+        probe.remove()
+    except OSError as exc:
+        raise UsageError(f"--output {output.url!r} is not writable: {exc}") from exc
+    output.child(TMP_DIR_NAME).remove(recursive=True)
 
 
 def discard_attempt_files(output_dir: str, name: str, attempt: int) -> None:

@@ -23,3 +23,27 @@ def encoded_test_cache(tmp_path_factory, local_ray):
     from tests.caches import encode_test_cache
 
     return encode_test_cache(tmp_path_factory.mktemp("shards"), tmp_path_factory.mktemp("encoded_cache"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API on 127.0.0.1 (moto's server mode), for this process and the jobs it starts:
+    yields the environment that points boto/s3fs at it, also set in os.environ meanwhile."""
+    import os
+
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    yield env
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()

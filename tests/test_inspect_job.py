@@ -96,7 +96,7 @@ def test_a_filtered_cache_says_where_it_came_from(cache, tmp_path, capsys):
 
 def test_not_a_cache_exits_2(tmp_path, capsys):
     assert inspect_main([str(tmp_path)]) == 2
-    assert "no .parquet files" in capsys.readouterr().err
+    assert "no committed .parquet files" in capsys.readouterr().err
     (tmp_path / "x.parquet").write_bytes(b"not parquet at all")
     assert inspect_main([str(tmp_path)]) == 2
     assert "x.parquet" in capsys.readouterr().err

@@ -15,22 +15,12 @@ import pytest
 from pipeline.fault_injection import FAULTS_ENV
 from tests.media import write_video_shards
 
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-
 ROOT = Path(__file__).resolve().parents[1]
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """An S3 endpoint on 127.0.0.1 holding bucket `videos` with three shards."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+def s3(s3_endpoint, tmp_path_factory):
+    """Bucket `videos` holding three shards."""
     import s3fs
 
     fs = s3fs.S3FileSystem()
@@ -39,13 +29,7 @@ def s3(tmp_path_factory):
     expected = write_video_shards(local, num_shards=3, samples_per_shard=2)
     for shard in sorted(local.glob("*.tar")):
         fs.put_file(str(shard), f"videos/shards/{shard.name}")
-    yield fs, env, expected
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    return fs, s3_endpoint, expected
 
 
 def _encode(env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 pushdown measured in bytes read, refusal to mix VAEs, posterior sampling, bfloat16, collate."""
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -416,31 +415,14 @@ def test_sample_posterior_refuses_caches_without_moments(caches):
 
 
 
-def test_reads_a_cache_on_s3(caches):
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        import s3fs
+def test_reads_a_cache_on_s3(caches, s3_endpoint):
+    import s3fs
 
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir("latents")
-        for path in sorted(caches["main"].glob("*.parquet")):
-            fs.put_file(str(path), f"latents/cache/{path.name}")
-        fsspec.filesystem("s3").invalidate_cache()
-        samples = list(LatentDataset("s3://latents/cache", where="passed", rank=1, world_size=2)) + list(
-            LatentDataset("s3://latents/cache", where="passed", rank=0, world_size=2))
-        assert sorted(sample["key"] for sample in samples) == _ok_keys(caches["main"], lambda t: t.passed.astype(bool))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("latents")
+    for path in sorted(caches["main"].glob("*.parquet")):
+        fs.put_file(str(path), f"latents/cache/{path.name}")
+    fsspec.filesystem("s3").invalidate_cache()
+    samples = list(LatentDataset("s3://latents/cache", where="passed", rank=1, world_size=2)) + list(
+        LatentDataset("s3://latents/cache", where="passed", rank=0, world_size=2))
+    assert sorted(sample["key"] for sample in samples) == _ok_keys(caches["main"], lambda t: t.passed.astype(bool))

@@ -198,7 +198,7 @@ def test_usage_errors(cache, bare_cache, tmp_path, capsys):
     assert report_main(["--cache", str(bare_cache), "--out", str(tmp_path / "r.html"), "--by", "lpips"]) == 2
     assert "has no lpips values" in capsys.readouterr().err
     assert report_main(["--cache", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
-    assert "no .parquet files" in capsys.readouterr().err
+    assert "no committed .parquet files" in capsys.readouterr().err
     with pytest.raises(SystemExit) as caught:
         report_main(["--cache", str(cache), "--out", str(tmp_path / "r.html"), "--by", "clipscore"])
     assert caught.value.code == 2
