@@ -19,6 +19,7 @@ configure_ray_environment()
 import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline.encode_settings import EncodeSettings, RunSettings  # noqa: E402
+from pipeline.cache_summary import format_cache_summary, scan_cache  # noqa: E402
 from pipeline.job_summary import format_summary  # noqa: E402
 from pipeline.reader import load_latent  # noqa: E402
 from pipeline.runner import run_encode_job  # noqa: E402
@@ -65,6 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
         num_frames=args.num_frames,
         clips_per_video=args.clips_per_video,
         resolution=args.resolution,
+        keep_previews=True,
     )
     # A fresh cache each time, so the demo always shows a real run rather than a resume.
     shutil.rmtree(workdir / "cache", ignore_errors=True)
@@ -76,15 +78,14 @@ def run_demo(args: argparse.Namespace) -> int:
         cpus_per_actor_explicit=False,
     )
     print(format_summary(report))
-    rows = [row for path in sorted((workdir / "cache").glob("*.parquet"))
-            for row in pq.read_table(path, columns=["key", "status", "error"]).to_pylist()]
-    for row in rows:
-        if row["status"] == "error":
-            print(f"{'error row':<18}{row['key']}: {row['error']}")
-    first_ok = next((row for row in rows if row["status"] == "ok"), None)
-    if first_ok is not None:
-        latent = load_latent(workdir / "cache", first_ok["key"])
-        print(f"{'latent shape':<18}{tuple(latent.shape)} {latent.dtype} (C, T, H, W), e.g. {first_ok['key']}")
+    print()
+    print(format_cache_summary(scan_cache(str(workdir / "cache"))))
+    keys = [row["key"] for path in sorted((workdir / "cache").glob("*.parquet"))
+            for row in pq.read_table(path, columns=["key", "status"]).to_pylist() if row["status"] == "ok"]
+    if keys:
+        latent = load_latent(workdir / "cache", keys[0])
+        print(f"\nload_latent(cache, {keys[0]!r}) -> {tuple(latent.shape)} {latent.dtype} (C, T, H, W)")
+    print(f"next: python -m jobs.report --cache {workdir / 'cache'} --out {workdir / 'report.html'}")
     return report.exit_status
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def test_demo_runs_on_shipped_footage(tmp_path):
     result = run_job("jobs.demo", "--workdir", str(tmp_path), "--vae", "tiny", "--resolution", "32",
                      "--num-frames", "4", "--clips-per-video", "1")
     assert result.returncode == 0, result.stderr
-    assert "error row" in result.stdout and "broken_truncated" in result.stdout
-    assert "latent shape      (4, 4, 16, 16)" in result.stdout
+    assert "errors by reason (1 rows" in result.stdout and "cannot decode video" in result.stdout
+    assert "-> (4, 4, 16, 16) torch.float16" in result.stdout
+    assert "RANDOM" in result.stdout and "next: python -m jobs.report" in result.stdout
     assert len(list((tmp_path / "cache").glob("*.parquet"))) == 3
