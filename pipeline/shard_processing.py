@@ -143,7 +143,6 @@ class ShardEncoder:
         buckets: dict[tuple[int, ...], list[tuple[int, DecodedClip]]] = defaultdict(list)
 
         def finish_sample(index: int) -> None:
-            started_write = time.perf_counter()
             sample = samples.pop(index)
             if sample.error is not None:
                 writer.add(error_row(sample.identity, sample.error))
@@ -153,7 +152,6 @@ class ShardEncoder:
                     writer.add(row)
                 outcome.clips += len(sample.rows)
                 outcome.rejected += sum(row["passed"] is False for row in sample.rows)
-            seconds["write"] += time.perf_counter() - started_write
 
         def run_batch(batch: list[tuple[int, DecodedClip]]) -> None:
             results = self._encode_batch([clip for _, clip in batch], seconds)
@@ -187,6 +185,9 @@ class ShardEncoder:
                 run_batch(bucket)
             if reader.truncation is not None:
                 outcome.status, outcome.reason = "partial", reader.truncation
+            writer.flush()
+            # Building rows and encoding Parquet pages; the commit's fsync and rename come after.
+            seconds["write"] = writer.seconds_writing
             outcome.seconds = {name: round(value, 4) for name, value in seconds.items()}
             outcome.seconds["total"] = round(time.perf_counter() - started, 4)
             outcome.device = str(self.encoder.device)

@@ -146,6 +146,7 @@ class ShardFileWriter:
         self._pending_rows = 0
         self._pending_bytes = 0
         self.rows = 0
+        self.seconds_writing = 0.0
 
     def add(self, row: dict[str, Any]) -> None:
         """One row as a dict of the schema's columns."""
@@ -173,12 +174,14 @@ class ShardFileWriter:
 
     def flush(self) -> None:
         """Write what is pending as one row group."""
+        started = time.perf_counter()
         self._stage_rows()
         if not self._tables:
             return
         table = pa.concat_tables(self._tables)
         self._writer.write_table(table, row_group_size=table.num_rows)
         self._tables, self._pending_rows, self._pending_bytes = [], 0, 0
+        self.seconds_writing += time.perf_counter() - started
 
     def commit(self, shard_metadata: dict[str, Any]) -> CommittedShard:
         """Close, make durable, move into place; `shard_metadata` lands in the file footer."""
