@@ -23,7 +23,7 @@ from pipeline.model_loading import check_num_frames, default_num_frames, describ
 from pipeline.scoring import ScoringPlan, plan_scoring, weights_checksums
 from pipeline.shard_processing import ShardTask
 from pipeline.shard_urls import InputSpecError, check_unique_names, expand_input_spec
-from pipeline.shard_writer import open_output_dir
+from pipeline.shard_writer import open_output_dir, sha256_of_file
 from pipeline.storage import Location, locate
 from pipeline.version import code_version
 
@@ -57,6 +57,16 @@ def cache_identity(
     }
 
 
+def _committed_entry(location: Location, shard: dict[str, Any], manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """A committed file's manifest entry. Its footer cannot hold the file's own checksum: the previous
+    manifest's is kept while the size still matches, else the file is hashed again."""
+    size = location.fs.size(location.path)
+    previous = (manifest or {}).get("shards", {}).get(shard_name(location), {})
+    known = previous.get("sha256") if previous.get("size_bytes") == size else None
+    return {**shard, "status": shard.get("status", "committed"), "path": location.url, "size_bytes": size,
+            "sha256": known or sha256_of_file(location.url)}
+
+
 def prepare_output(output: Location, job_hash: str, overwrite: bool) -> dict[str, dict[str, Any]]:
     """Create OUTPUT, clear `_tmp/`, and return the shards already committed by the same job."""
     open_output_dir(output)
@@ -67,7 +77,7 @@ def prepare_output(output: Location, job_hash: str, overwrite: bool) -> dict[str
         metadata, shard = read_committed_shard(location)
         if metadata.get("job_hash") != job_hash:
             foreign.append(shard_name(location))
-        committed[shard_name(location)] = {**shard, "status": shard.get("status", "committed")}
+        committed[shard_name(location)] = _committed_entry(location, shard, manifest)
     if manifest is not None and manifest.get("job", {}).get("hash") != job_hash:
         foreign.append(MANIFEST_NAME)
     if foreign and not overwrite:

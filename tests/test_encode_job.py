@@ -1,5 +1,6 @@
 """The encode job end to end on an embedded local Ray: real mp4s, real tars, real Parquet."""
 
+import hashlib
 import io
 import json
 from collections import Counter
@@ -154,6 +155,11 @@ def test_rerun_skips_committed_shards_and_writes_nothing(encoded, shards):
     assert len(report.skipped) == 3 and report.exit_status == 0
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.glob("*.parquet")}
     assert after == before
+    # The rewritten manifest still carries each committed file's checksum and size.
+    manifest = json.loads((cache / MANIFEST_NAME).read_text())
+    for name, (_, data) in after.items():
+        entry = manifest["shards"][name.removesuffix(".parquet")]
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size_bytes"] == len(data)
 
 
 def test_rerun_with_a_different_config_is_refused(encoded, shards, capsys):
