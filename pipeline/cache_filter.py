@@ -359,7 +359,7 @@ def run_filter_job(settings: FilterSettings) -> FilterReport:
     started = time.perf_counter()
     plan = plan_filter(settings)
     done = {item.name for item in plan.sources} - {item.name for item in plan.todo}
-    shards = {name: entry for name, entry in plan.committed.items()}
+    shards = dict(plan.committed)
     known = {item.name for item in plan.sources}
     for name in sorted(set(plan.committed) - known):
         print(f"warning: {name}.parquet is in --output but no longer in --cache; it is kept", file=sys.stderr)
