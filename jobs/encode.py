@@ -19,7 +19,9 @@ from pipeline.cache_schema import LATENT_DTYPES  # noqa: E402
 from pipeline.job_summary import format_summary  # noqa: E402
 from pipeline.runner import JobReport, run_encode_job  # noqa: E402
 from pipeline.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
+from jobs.arguments import JobArgumentParser  # noqa: E402
 from jobs.exit_status import run_job  # noqa: E402
+from vae.presets import PRESETS, PRESETS_3D  # noqa: E402
 
 
 def _pixels(text: str) -> int:
@@ -31,7 +33,7 @@ def _pixels(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobArgumentParser(
         prog="python -m jobs.encode",
         description="Encode webdataset shards of video into a Parquet cache of VAE latents.",
     )
@@ -39,9 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--input", required=True, help="shard spec: paths, globs, {00000..00127} ranges, comma lists, pipe:CMD")
     io.add_argument("--output", required=True, help="cache directory (one Parquet file per shard + _manifest.json)")
     io.add_argument("--overwrite", action="store_true", help="delete a cache made with another configuration first")
+    io.add_argument("--trust-committed", action="store_true",
+                    help="skip committed shards without checking whether their input changed (saves a request "
+                         "per shard on object stores)")
+    io.add_argument("--rethreshold", action="store_true",
+                    help="the cache differs only in thresholds: recompute its `passed` column from the stored "
+                         "scores (latents untouched), then go on with the job")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--vae", required=True, help="preset name (flux-ae, sd-ae, lightweight, high-res, tiny) or JSON config path")
+    model.add_argument("--vae", required=True,
+                       help=f"a preset ({', '.join([*PRESETS, *PRESETS_3D])}), a JSON file of AutoEncoderConfig "
+                            "fields, or a diffusers config.json (AutoencoderKLHunyuanVideo)")
     model.add_argument("--weights", help="checkpoint (.safetensors; .pt/.pth loaded with weights_only)")
     model.add_argument("--allow-random-weights", action="store_true", help="encode with seeded random weights (tests, demos)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -53,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--clips-per-video", type=int, default=1, help="at most this many non-overlapping clips, spread over the video")
     clips.add_argument("--max-pixels", type=_pixels, default=4096 * 4096,
                        help="refuse (as an error row, before decoding) videos whose declared frames are larger: "
-                            "a pixel count or HxW (default 4096x4096)")
+                            "a pixel count or HxW (default: 4096x4096)")
     clips.add_argument("--max-frames", type=int, default=100_000, help="refuse videos with more frames")
     clips.add_argument("--resolution", default="256", help="N (short side to N, center crop NxN), HxW (cover, center crop) or native")
 
     cache = parser.add_argument_group("cache")
-    cache.add_argument("--latent-dtype", choices=sorted(LATENT_DTYPES), default="float16")
+    cache.add_argument("--latent-dtype", choices=sorted(LATENT_DTYPES), default="float16", help="dtype of the stored latents")
     cache.add_argument("--store-moments", action="store_true", help="also store posterior mean and logvar (float32)")
     cache.add_argument("--keep-previews", action="store_true",
                        help="store a small JPEG of 4 source frames over their reconstruction per clip (for reports)")
@@ -66,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     scores = parser.add_argument_group("scores and filtering")
     scores.add_argument("--scores", default=",".join(SCORE_NAMES),
                         help="comma list of psnr, ssim, lpips, disc, or none (the decoder runs only for "
-                             "psnr/ssim/lpips)")
+                             "psnr/ssim/lpips); a score without its weights is null")
     scores.add_argument("--min-psnr", type=float, help="clips below this PSNR (dB) are not passed")
     scores.add_argument("--min-ssim", type=float, help="clips below this SSIM are not passed")
     scores.add_argument("--max-lpips", type=float, help="clips above this LPIPS are not passed")
@@ -129,6 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         max_shards_per_actor=args.max_shards_per_actor,
         address=args.address,
         overwrite=args.overwrite,
+        trust_committed=args.trust_committed,
+        rethreshold=args.rethreshold,
         verbose=args.verbose,
         progress=not args.no_progress,
     )

@@ -14,16 +14,19 @@ import argparse
 import sys
 
 from pipeline.cache_filter import FilterSettings, format_filter_summary, run_filter_job
+from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobArgumentParser(
         prog="python -m jobs.filter",
         description="Write a new latent cache holding only the clips a where expression selects (no re-encoding).",
-        epilog="Examples: --where \"passed and lpips < 0.2\"; --where \"psnr >= 30 or status = 'error'\". "
+        epilog="Examples: --where \"passed and psnr >= 28\"; --where \"ssim >= 0.8 or status = 'error'\". "
                "A row is kept where the expression is true; a comparison with null is not true, so error "
-               "rows (null scores and passed) are dropped unless the expression selects them.",
+               "rows (null scores and passed) are dropped unless the expression selects them. A score null "
+               "in every row (lpips without VGG weights, disc_score without discriminator weights: the "
+               "default) can only be tested with 'is null' / 'is not null'; comparing it is an error.",
     )
     parser.add_argument("--cache", required=True, help="source cache directory or fsspec URL")
     parser.add_argument("--output", required=True, help="new cache directory (one Parquet file per source file + _manifest.json)")
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "[not] in (...), numbers, 'strings', true/false, bare boolean columns (passed)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete a cache made by another filter or job in --output first")
-    parser.add_argument("--workers", type=int, default=2, help="files filtered at once (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="files filtered at once")
     return parser
 
 

@@ -12,11 +12,12 @@ import argparse
 import sys
 
 from pipeline.cache_summary import format_cache_summary, scan_cache
+from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.inspect", description="Summarise a latent cache.")
+    parser = JobArgumentParser(prog="python -m jobs.inspect", description="Summarise a latent cache.")
     parser.add_argument("cache", help="cache directory or fsspec URL")
     return parser
 

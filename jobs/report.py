@@ -15,11 +15,12 @@ import sys
 
 from pipeline.cache_report import write_report
 from pipeline.cache_summary import SCORES
+from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.report",
+    parser = JobArgumentParser(prog="python -m jobs.report",
                                      description="Write a self-contained HTML report of a latent cache.")
     parser.add_argument("--cache", required=True, help="cache directory or fsspec URL")
     parser.add_argument("--out", required=True, help="the HTML file to write")

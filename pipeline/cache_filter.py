@@ -4,7 +4,9 @@ Each source file becomes one output file of the same name, committed like the en
 (`_tmp/`, fsync, rename; copy then delete on object stores). Rows are copied as Arrow data, so
 latents, previews and every other value arrive byte for byte; no VAE is loaded. A row is kept where
 the expression is true; null counts as false (SQL), so error rows go unless the expression selects
-them (`status = 'error'`, `passed or status = 'error'`, `caption is not null`).
+them (`status = 'error'`, `passed or status = 'error'`, `caption is not null`). An expression that
+compares a column null in every source file (a score computed without its weights) is refused,
+with the reason the footers give, rather than keeping nothing.
 
 Row groups are read in two passes: first only the columns the expression names, then, only for a
 row group where something is selected, the whole row group, so a selective filter does not read
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ import pyarrow.parquet as pq
 from pipeline.cache_schema import METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
 from pipeline.encode_settings import identity_hash
 from pipeline.errors import UsageError
+from pipeline.interrupts import Interrupted
 from pipeline.manifest import (
     MANIFEST_NAME,
     cache_files,
@@ -46,10 +50,12 @@ from pipeline.manifest import (
     summarize,
     write_manifest,
 )
+from pipeline.null_columns import all_null_columns
+from pipeline.output_lock import OutputLock
 from pipeline.shard_writer import ShardFileWriter, open_output_dir, remove_empty_tmp_dir
 from pipeline.storage import Location, locate
 from pipeline.version import code_version
-from pipeline.where import WhereError, canonical_where, criteria, parse_where, where_columns
+from pipeline.where import WhereError, canonical_where, criteria, parse_where, refuse_null_columns, where_columns
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ def total_counts(texts: list[str], entries: Any) -> dict[str, Any]:
 class _SourceFile:
     location: Location
     name: str
+    footer: pq.FileMetaData
     metadata: dict[str, Any]
     shard: dict[str, Any]
     fingerprint: str
@@ -128,7 +135,7 @@ def _source_file(location: Location) -> _SourceFile:
     shard_raw = (footer.metadata or {}).get(SHARD_METADATA_KEY, b"{}")
     size = location.fs.size(location.path)
     fingerprint = hashlib.sha256(b"%d/%d/" % (size, footer.num_rows) + shard_raw).hexdigest()[:16]
-    return _SourceFile(location, shard_name(location), metadata, json.loads(shard_raw), fingerprint)
+    return _SourceFile(location, shard_name(location), footer, metadata, json.loads(shard_raw), fingerprint)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ def _check_expression(settings: FilterSettings, sources: list[_SourceFile]) -> t
             with source.location.open("rb") as handle:
                 schema = pq.read_schema(handle)
             parse_where(settings.where, schema)
+        refuse_null_columns(settings.where, all_null_columns(source.footer for source in sources))
     except WhereError as exc:
         raise UsageError(f"--{exc}") from exc  # the message starts "where: "
     return texts, canonical
@@ -208,6 +216,8 @@ def plan_filter(settings: FilterSettings) -> _FilterPlan:
     output = locate(settings.output)
     if source.url.rstrip("/") == output.url.rstrip("/"):
         raise UsageError("--output must differ from --cache: the filter writes a new cache")
+    if not source.exists():
+        raise UsageError(f"--cache {settings.cache!r} does not exist")
     locations = cache_files(source.url, "--cache")
     try:
         sources = [_source_file(location) for location in locations]
@@ -252,8 +262,13 @@ def _evaluate(table: pa.Table, expressions: list[pc.Expression]) -> list[pa.Chun
     return [pc.fill_null(projected.column(i), False) for i in range(len(expressions))]
 
 
-def filter_file(plan: _FilterPlan, item: _SourceFile) -> dict[str, Any]:
-    """Filter one source file into a committed output file; its manifest entry."""
+class _Stopped(Exception):
+    """The job was interrupted while this file was being filtered."""
+
+
+def filter_file(plan: _FilterPlan, item: _SourceFile, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Filter one source file into a committed output file; its manifest entry. Setting `stop`
+    abandons the file at the next row group, removing its temporary file."""
     started = time.perf_counter()
     seconds = {"read": 0.0, "filter": 0.0, "write": 0.0}
     with item.location.open("rb") as handle:
@@ -269,6 +284,8 @@ def filter_file(plan: _FilterPlan, item: _SourceFile) -> dict[str, Any]:
             kept_by_criterion = [0] * len(singles)
             clips = error_rows = rejected = 0
             for group in range(source.num_row_groups):
+                if stop is not None and stop.is_set():
+                    raise _Stopped(item.name)
                 t0 = time.perf_counter()
                 probe = source.read_row_group(group, columns=probe_columns)
                 t1 = time.perf_counter()
@@ -354,10 +371,19 @@ def _manifest(plan: _FilterPlan, shards: dict[str, dict[str, Any]]) -> dict[str,
 
 
 def run_filter_job(settings: FilterSettings) -> FilterReport:
-    """Plan (UsageError on bad flags), then filter every source file not already done; a file that
-    fails is recorded (exit status 3) and retried by the next run."""
+    """Hold the output's lock, plan (UsageError on bad flags), then filter every source file not
+    already done; a file that fails is recorded (exit status 3) and retried by the next run."""
     started = time.perf_counter()
-    plan = plan_filter(settings)
+    with OutputLock(settings.output, "jobs.filter") as lock:
+        if lock.takeover_notice:
+            print(lock.takeover_notice, file=sys.stderr)
+        report = _filter_files(plan_filter(settings))
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _filter_files(plan: _FilterPlan) -> FilterReport:
+    settings = plan.settings
     done = {item.name for item in plan.sources} - {item.name for item in plan.todo}
     shards = dict(plan.committed)
     known = {item.name for item in plan.sources}
@@ -365,24 +391,31 @@ def run_filter_job(settings: FilterSettings) -> FilterReport:
         print(f"warning: {name}.parquet is in --output but no longer in --cache; it is kept", file=sys.stderr)
     report = FilterReport(plan.source.url, plan.output.url, settings.where, plan.criteria, shards,
                           sorted(done & set(plan.committed)))
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=settings.workers)
     try:
-        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-            futures = {pool.submit(filter_file, plan, item): item for item in plan.todo}
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    shards[item.name] = future.result()
-                except Exception as exc:  # recorded; a rerun retries the file
-                    entry = {"url": item.shard.get("url", item.location.url), "name": item.name, "status": "failed",
-                             "reason": f"{type(exc).__name__}: {exc}"[:2000], "source": {"path": item.location.url}}
-                    shards[item.name] = entry
-                    report.failed.append(entry)
-                write_manifest(plan.output.url, _manifest(plan, shards))
+        futures = {pool.submit(filter_file, plan, item, stop): item for item in plan.todo}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                shards[item.name] = future.result()
+            except Exception as exc:  # recorded; a rerun retries the file
+                entry = {"url": item.shard.get("url", item.location.url), "name": item.name, "status": "failed",
+                         "reason": f"{type(exc).__name__}: {exc}"[:2000], "source": {"path": item.location.url}}
+                shards[item.name] = entry
+                report.failed.append(entry)
+            write_manifest(plan.output.url, _manifest(plan, shards))
         if not plan.todo:
             write_manifest(plan.output.url, _manifest(plan, shards))
+    except Interrupted as interrupt:
+        # Files being written are dropped (their temporary files removed); committed ones stay.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        interrupt.progress = f"{len(committed_files(plan.output.url))} of {len(plan.sources)} files committed"
+        raise
     finally:
+        pool.shutdown(wait=True)
         remove_empty_tmp_dir(plan.output.url)
-    report.elapsed_s = time.perf_counter() - started
     return report
 
 

@@ -69,6 +69,10 @@ class RunSettings:
     max_shards_per_actor: int = 50
     address: str | None = None
     overwrite: bool = False
+    # Skip checking committed shards' inputs for changes (a request per shard on an object store).
+    trust_committed: bool = False
+    # Recompute `passed` of a cache whose job differs only in thresholds, instead of refusing it.
+    rethreshold: bool = False
     prefetch_samples: int = 4
     verbose: bool = False
     progress: bool = True
@@ -88,6 +92,8 @@ class RunSettings:
             raise UsageError("--shard-timeout must be positive")
         if self.max_shards_per_actor < 0:
             raise UsageError("--max-shards-per-actor cannot be negative")
+        if self.rethreshold and self.overwrite:
+            raise UsageError("--rethreshold keeps the cache and --overwrite deletes it: choose one")
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

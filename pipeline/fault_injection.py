@@ -5,7 +5,9 @@ that attempt (0 = the first) of that shard has read its first sample:
 - `exit`: the actor's process dies at once (as when the OOM killer or a segfault takes it);
 - `hang`: the decoder blocks in native code holding the GIL (as a stuck demuxer does), so the
   actor cannot even answer; only `--shard-timeout` and a kill end it;
-- `sleep=SECONDS`: the attempt stalls that long, then goes on (a slow shard).
+- `sleep=SECONDS`: the attempt stalls that long, then goes on (a slow shard);
+- `wait-for-file=PATH`: the attempt stalls until PATH (no comma in it) exists, then goes on, so a
+  test holds it mid-shard exactly as long as it needs to, however fast or slow the machine.
 Unset in production: nothing here runs unless the variable is set.
 """
 
@@ -33,5 +35,9 @@ def inject_fault(shard_name: str, attempt: int) -> None:
             ctypes.PyDLL(None).sleep(1_000_000)
         elif action.startswith("sleep="):
             time.sleep(float(action.removeprefix("sleep=")))
+        elif action.startswith("wait-for-file="):
+            release = action.removeprefix("wait-for-file=")
+            while not os.path.exists(release):
+                time.sleep(0.1)
         else:
             raise ValueError(f"{FAULTS_ENV}: unknown fault {action!r} in {item!r}")

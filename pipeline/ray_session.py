@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 from typing import Any
 
 # Set before `import ray` anywhere in the process: Ray reads them at import and at start.
@@ -22,14 +24,16 @@ def configure_ray_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def connect(address: str | None, verbose: bool = False, init_kwargs: dict[str, Any] | None = None) -> None:
+def connect(address: str | None, verbose: bool = False, init_kwargs: dict[str, Any] | None = None) -> bool:
     """An embedded local Ray when `address` is None (unless RAY_ADDRESS says where one is, as under
-    `ray job submit`); otherwise join the cluster at `auto`, `HOST:PORT` or `ray://...`."""
+    `ray job submit`); otherwise join the cluster at `auto`, `HOST:PORT` or `ray://...`.
+
+    True when this call connected (the caller then shuts Ray down); False when Ray was already up."""
     configure_ray_environment()
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.WARNING,
         "log_to_driver": verbose,
@@ -42,7 +46,13 @@ def connect(address: str | None, verbose: bool = False, init_kwargs: dict[str, A
     else:
         kwargs["address"] = address
     kwargs.update(init_kwargs or {})
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(**kwargs)
+    if main_thread and sigterm is not None:
+        # ray.init replaces the SIGTERM handler with sys.exit; the job's own handler cleans up first.
+        signal.signal(signal.SIGTERM, sigterm)
+    return True
 
 
 def node_resources() -> list[dict[str, float]]:

@@ -42,8 +42,9 @@ from pipeline.cache_schema import (
     read_cache_metadata,
     tensor_from_bytes,
 )
+from pipeline.null_columns import all_null_columns, null_counts
 from pipeline.storage import Location, locate
-from pipeline.where import parse_where, where_columns
+from pipeline.where import parse_where, refuse_null_columns, where_columns
 from vae.distributions import DiagonalGaussianDistribution
 
 __all__ = ["LatentDataset", "collate_latents", "load_latent"]
@@ -102,6 +103,7 @@ class _CacheFile:
     location: Location
     metadata: dict[str, Any]
     row_groups: tuple[int, ...]  # those the filter may select, by their statistics
+    ok_rows: dict[int, int | None]  # row group → its ok rows, from the statistics (None: not recorded)
 
 
 def _cache_files(url: str | os.PathLike) -> list[Location]:
@@ -114,16 +116,24 @@ def _cache_files(url: str | os.PathLike) -> list[Location]:
     return files
 
 
-def _open_file(location: Location, statistics_filter: pc.Expression) -> _CacheFile:
-    """Reads the footer only: the cache metadata and the row groups the statistics do not rule out."""
+def _ok_rows(footer: pq.FileMetaData, group: int) -> int | None:
+    # An error row, and only an error row, has a null latent.
+    nulls = null_counts(footer, group).get("latent")
+    return None if nulls is None else footer.row_group(group).num_rows - nulls
+
+
+def _open_file(location: Location, statistics_filter: pc.Expression) -> tuple[_CacheFile, pq.FileMetaData]:
+    """Reads the footer only: the cache metadata, the row groups the statistics do not rule out and
+    their ok rows; and the footer itself."""
     fragment = ds.ParquetFileFormat().make_fragment(location.path, filesystem=_arrow_filesystem(location))
     schema = fragment.physical_schema
     try:
         metadata = read_cache_metadata(schema.metadata)
     except ValueError as exc:
         raise ValueError(f"{location.url}: {exc}") from None
+    footer = fragment.metadata
     kept = tuple(piece.row_groups[0].id for piece in fragment.split_by_row_group(statistics_filter, schema=schema))
-    return _CacheFile(location, metadata, kept)
+    return _CacheFile(location, metadata, kept, {group: _ok_rows(footer, group) for group in kept}), footer
 
 
 def _check_compatible(files: list[_CacheFile]) -> None:
@@ -193,11 +203,14 @@ class LatentDataset(IterableDataset):
     `caches`: cache directories (or single cache files), local paths or fsspec URLs. Error rows are
     never yielded; `where` selects further, either a string (see `parse_where`) or a pyarrow
     expression; it is pushed down, so the latent bytes of row groups with no selected row are never
-    read. `columns` adds metadata columns to each sample.
+    read. A string `where` that uses the value of a column null in every file (`lpips` of a cache
+    encoded without LPIPS weights) is refused, ValueError with the reason; `is [not] null` is allowed.
+    `columns` adds metadata columns to each sample.
 
     `rank`/`world_size` default to `torch.distributed`'s when it is initialised when the dataset is
     built, else 0/1. Each rank, and each DataLoader worker within it, reads a disjoint share of the
-    row groups; counts need not divide, so shares can differ by one row group.
+    row groups; counts need not divide, so shares can differ by one row group. `len()` is the number
+    of samples this rank yields (see `__len__`).
 
     `shuffle` shuffles file order and the row-group order within each file, then passes samples
     through a buffer of `shuffle_buffer` samples; the order depends on `seed`, `set_epoch(n)` and the
@@ -271,8 +284,11 @@ class LatentDataset(IterableDataset):
         self._filter = selection if user_filter is None else selection & user_filter
         locations = [location for url in urls for location in _cache_files(url)]
         with ThreadPoolExecutor(max_workers=min(16, len(locations))) as pool:
-            self._files = list(pool.map(lambda location: _open_file(location, self._filter), locations))
+            opened = list(pool.map(lambda location: _open_file(location, self._filter), locations))
+        self._files = [file for file, _ in opened]
         _check_compatible(self._files)
+        if isinstance(where, str):
+            refuse_null_columns(where, all_null_columns(footer for _, footer in opened))
         self._read_columns = sorted(set(_ALWAYS_READ) | set(self.columns) | filter_columns)
         self._binary_column = "moments" if sample_posterior else "latent"
         if sample_posterior:
@@ -335,10 +351,27 @@ class LatentDataset(IterableDataset):
     def _share(self) -> tuple[list[tuple[int, int]], int]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
-        units = self._units()
-        # Contiguous runs: a worker's row groups come from few files, each opened once.
-        return units[slot * len(units) // slots:(slot + 1) * len(units) // slots], worker
+        return _run_of(self._units(), self.rank * num_workers + worker, self.world_size * num_workers), worker
+
+    def __len__(self) -> int:
+        """The samples this rank yields this epoch, all its DataLoader workers together, from the
+        footers' statistics alone. With `where` it is unknown until the rows are read: TypeError.
+
+        Workers share the rank's row groups, so each yields its own part of this count; with
+        `shuffle` the rank's row groups, and so the count, change with `set_epoch`.
+        """
+        if self.where is not None:
+            raise TypeError("len() of a LatentDataset with `where` is unknown until its rows are read; "
+                            "count by iterating, or filter the cache with jobs.filter and read it without `where`")
+        total = 0
+        for file_index, group in _run_of(self._units(), self.rank, self.world_size):
+            file = self._files[file_index]
+            rows = file.ok_rows[group]
+            if rows is None:
+                raise TypeError(f"len() of a LatentDataset needs the null count of the latent column in the "
+                                f"row-group statistics; {file.location.url} was written without it")
+            total += rows
+        return total
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         units, worker = self._share()
@@ -427,6 +460,13 @@ class LatentDataset(IterableDataset):
         generator = torch.Generator().manual_seed(_stable_seed(self.seed, self.epoch, key))
         sample = DiagonalGaussianDistribution(moments.unsqueeze(0)).sample(generator)[0]
         return self._scale * (sample - self._shift)
+
+
+def _run_of(units: list[tuple[int, int]], slot: int, slots: int) -> list[tuple[int, int]]:
+    """The contiguous run of `units` that slot `slot` of `slots` reads: its row groups come from few
+    files, each opened once. Slots r*k .. r*k+k-1 of n*k together read run r of n, so a rank reads
+    the same share whatever its number of DataLoader workers."""
+    return units[slot * len(units) // slots:(slot + 1) * len(units) // slots]
 
 
 def _shuffle_buffer(samples: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:

@@ -17,8 +17,10 @@ from typing import Any, Callable
 from pipeline.encode_settings import EncodeSettings, RunSettings
 from pipeline.errors import UsageError
 from pipeline.fault_injection import FAULTS_ENV
-from pipeline.job_plan import EncodePlan, manifest_document, plan_job
+from pipeline.interrupts import Interrupted, deferred_interrupts, raise_if_interrupted
+from pipeline.job_plan import EncodePlan, ResumeCheck, manifest_document, plan_job
 from pipeline.manifest import summarize, write_manifest
+from pipeline.output_lock import OutputLock
 from pipeline.progress import JobProgress
 from pipeline.ray_session import actors_that_fit, connect, node_resources
 from pipeline.shard_processing import ShardEncoder, ShardOutcome, ShardTask
@@ -37,6 +39,7 @@ class JobReport:
     elapsed_s: float
     retries: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    resume: ResumeCheck = field(default_factory=ResumeCheck)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -70,12 +73,42 @@ def _actor_shape(run: RunSettings, cpus_explicit: bool) -> tuple[float, int]:
 class _Attempt:
     actor: Any
     task: ShardTask
-    started: float
+    submitted: float
+
+
+class ShardEncoderActor(ShardEncoder):
+    """The Ray actor: a ShardEncoder that reports each finished sample to the driver's progress board."""
+
+    def ready(self) -> None:
+        """Returns once the constructor (the model load) has finished: shard timeouts count from then."""
+
+    def process_reporting(self, task: ShardTask, board: Any) -> ShardOutcome:
+        def report(clips: int, error_rows: int) -> None:
+            board.update.remote(task.name, task.attempt, clips, error_rows)
+
+        return self.process(task, on_progress=report if board is not None else None)
+
+
+class ProgressBoard:
+    """Clips and error rows of each running attempt, so the driver's progress moves per sample, not
+    per shard (a 3D VAE can take many minutes over one shard)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def update(self, name: str, attempt: int, clips: int, error_rows: int) -> None:
+        self._counts[(name, attempt)] = (clips, error_rows)
+
+    def snapshot(self) -> dict[tuple[str, int], tuple[int, int]]:
+        return dict(self._counts)
 
 
 class ActorPool:
     """Actors that each hold the model. A dead, hung or recycled actor is killed and replaced while
-    the cluster can still place one, so a lost node shrinks the pool instead of stranding shards."""
+    the cluster can still place one, so a lost node shrinks the pool instead of stranding shards.
+
+    An actor is started when its `ready()` call returns; until then (Ray placing it, the model
+    loading) no timeout runs against the shard sent to it, however slow the machine."""
 
     def __init__(self, make_actor: Callable[[], Any], size: int, cpus: float, gpus: float, max_shards: int) -> None:
         import ray
@@ -84,9 +117,25 @@ class ActorPool:
         self._make_actor = make_actor
         self._cpus, self._gpus = cpus, gpus
         self.max_shards = max_shards
-        self.idle: list[Any] = [make_actor() for _ in range(size)]
+        self.starting: dict[Any, Any] = {}  # ready() ref -> actor
+        self.ready_at: dict[Any, float] = {}
+        self.idle: list[Any] = [self._start() for _ in range(size)]
         self.busy = 0
         self._shards_done: dict[Any, int] = {}
+
+    def _start(self) -> Any:
+        actor = self._make_actor()
+        self.starting[actor.ready.remote()] = actor
+        return actor
+
+    def mark_ready(self, ref: Any) -> None:
+        """The actor's constructor finished (or failed: its shard's call then reports the death)."""
+        self.ready_at[self.starting.pop(ref)] = time.monotonic()
+
+    def clock_start(self, attempt: _Attempt) -> float | None:
+        """When the attempt's timeout started counting: not before its actor was ready."""
+        ready = self.ready_at.get(attempt.actor)
+        return None if ready is None else max(ready, attempt.submitted)
 
     @property
     def size(self) -> int:
@@ -101,9 +150,8 @@ class ActorPool:
         self.busy -= 1
         done = self._shards_done.get(actor, 0) + 1
         if self.max_shards and done >= self.max_shards:
-            self._shards_done.pop(actor, None)
-            self._ray.kill(actor)
-            self.idle.append(self._make_actor())
+            self._forget(actor)
+            self.idle.append(self._start())
             return
         self._shards_done[actor] = done
         self.idle.append(actor)
@@ -111,10 +159,16 @@ class ActorPool:
     def discard(self, actor: Any) -> None:
         """Kill a dead or hung actor; replace it only if the cluster can still place another."""
         self.busy -= 1
-        self._shards_done.pop(actor, None)
-        self._ray.kill(actor)
+        self._forget(actor)
         if actors_that_fit(self._cpus, self._gpus) > self.size:
-            self.idle.append(self._make_actor())
+            self.idle.append(self._start())
+
+    def _forget(self, actor: Any) -> None:
+        self._shards_done.pop(actor, None)
+        self.ready_at.pop(actor, None)
+        for ref in [ref for ref, starting in self.starting.items() if starting == actor]:
+            del self.starting[ref]
+        self._ray.kill(actor)
 
     def shutdown(self, in_flight: list[Any]) -> None:
         for actor in [*self.idle, *in_flight]:
@@ -137,29 +191,77 @@ class ShardScheduler:
         self.attempts: dict[str, list[str]] = {task.name: [] for task in plan.tasks}
         self.in_flight: dict[Any, _Attempt] = {}
         self.progress = JobProgress(len(plan.tasks), enabled=run.progress)
+        # Only a visible progress bar needs per-sample counts: no board, no extra actor.
+        self.board = ray.remote(ProgressBoard).options(num_cpus=0).remote() if run.progress else None
+        self._board_snapshot: Any = None
+        self._board_counts: dict[tuple[str, int], tuple[int, int]] = {}
 
     def run_to_completion(self) -> None:
         try:
-            while self.pending or self.in_flight:
-                self._dispatch()
-                if not self.in_flight:
-                    self._fail_remaining("no actor left: no node of the cluster can hold one any more")
-                    break
-                done, _ = self._ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_SECONDS)
-                for ref in done:
-                    self._finish(ref)
-                self._expire_timeouts()
+            with deferred_interrupts():
+                self._schedule()
+        except Interrupted as interrupt:
+            self._stop_attempts()
+            committed = sum(entry["status"] != "failed" for entry in self.report.shards.values())
+            interrupt.progress = (f"{committed} of {len(self.report.shards) + len(self.pending)} shards committed "
+                                  f"({committed - len(self.report.skipped)} in this run)")
+            raise
         finally:
             self.progress.close()
             self.pool.shutdown([attempt.actor for attempt in self.in_flight.values()])
+            if self.board is not None:
+                self._ray.kill(self.board)
             remove_empty_tmp_dir(self.output)
+
+    def _schedule(self) -> None:
+        while self.pending or self.in_flight:
+            raise_if_interrupted()
+            self._dispatch()
+            if not self.in_flight:
+                self._fail_remaining("no actor left: no node of the cluster can hold one any more")
+                break
+            waiting = [*self.in_flight, *self.pool.starting]
+            done, _ = self._ray.wait(waiting, num_returns=1, timeout=POLL_SECONDS)
+            for ref in done:
+                if ref in self.pool.starting:
+                    self.pool.mark_ready(ref)
+                else:
+                    self._finish(ref)
+            self._expire_timeouts()
+            self._show_running_clips()
+
+    def _stop_attempts(self) -> None:
+        """Kill the running attempts' actors and remove their temporary files; what is committed stays."""
+        for ref, attempt in list(self.in_flight.items()):
+            self._ray.kill(attempt.actor)
+            discard_attempt_files(attempt.task.output_dir, attempt.task.name, attempt.task.attempt)
+            self.pending.appendleft(attempt.task)
+            del self.in_flight[ref]
 
     def _dispatch(self) -> None:
         while self.pending and self.pool.idle:
             actor = self.pool.take()
             task = self.pending.popleft()
             task = replace(task, attempt=len(self.attempts[task.name]))
-            self.in_flight[actor.process.remote(task)] = _Attempt(actor, task, time.monotonic())
+            self.in_flight[actor.process_reporting.remote(task, self.board)] = _Attempt(actor, task, time.monotonic())
+
+    def _show_running_clips(self) -> None:
+        """Poll the board without waiting: one request in flight at a time."""
+        if self.board is None:
+            return
+        if self._board_snapshot is not None:
+            ready, _ = self._ray.wait([self._board_snapshot], timeout=0)
+            if not ready:
+                return
+            self._board_counts = self._ray.get(self._board_snapshot)
+            self.progress.running(*self._running_counts())
+        self._board_snapshot = self.board.snapshot.remote()
+
+    def _running_counts(self) -> tuple[int, int]:
+        """Clips and error rows encoded by the attempts in flight, as of the board's last snapshot."""
+        running = [self._board_counts.get((attempt.task.name, attempt.task.attempt), (0, 0))
+                   for attempt in self.in_flight.values()]
+        return sum(clips for clips, _ in running), sum(errors for _, errors in running)
 
     def _finish(self, ref: Any) -> None:
         attempt = self.in_flight.pop(ref)
@@ -177,7 +279,8 @@ class ShardScheduler:
             if self.attempts[attempt.task.name]:
                 entry["failed_attempts"] = self.attempts[attempt.task.name]
             self.report.shards[attempt.task.name] = entry
-            self.progress.shard_done(outcome.clips, outcome.error_rows)
+            self._board_counts.pop((attempt.task.name, attempt.task.attempt), None)
+            self.progress.shard_done(outcome.clips, outcome.error_rows, self._running_counts())
             self._write_manifest()
 
     def _expire_timeouts(self) -> None:
@@ -185,7 +288,8 @@ class ShardScheduler:
             return
         now = time.monotonic()
         for ref, attempt in list(self.in_flight.items()):
-            if now - attempt.started > self.run.shard_timeout:
+            started = self.pool.clock_start(attempt)
+            if started is not None and now - started > self.run.shard_timeout:
                 del self.in_flight[ref]
                 # A hung decoder may hold the GIL in native code: only killing the process frees it.
                 self._abandon(attempt, f"timed out after {self.run.shard_timeout:g} s (--shard-timeout)")
@@ -209,6 +313,9 @@ class ShardScheduler:
     def _record_failure(self, task: ShardTask, reason: str) -> None:
         entry = {"url": task.url, "name": task.name, "status": "failed", "reason": reason,
                  "attempts": self.attempts[task.name]}
+        if task.name in self.plan.resume.reencoded:
+            # Its committed file holds rows of the input as it was: stale, so gone, like the shard's rows.
+            locate(self.output).child(f"{task.name}.parquet").remove()
         self.report.shards[task.name] = entry
         self.report.failed.append(entry)
         self.progress.shard_failed()
@@ -234,38 +341,53 @@ def run_encode_job(
     run: RunSettings,
     cpus_per_actor_explicit: bool = True,
 ) -> JobReport:
-    """Plans, then drives actors until every shard is committed or has failed `max_retries + 1` times."""
-    import ray
-
+    """Holds the output's lock, plans, then drives actors until every shard is committed or has
+    failed `max_retries + 1` times. A Ray this call started is shut down when it returns."""
     started = time.perf_counter()
-    plan = plan_job(input_spec, output, settings, run.overwrite)
-    report = JobReport(locate(output).url, dict(plan.committed), plan.skipped, 0.0)
-    for name, reason in plan.scoring.null_reasons.items():
-        if name in settings.scoring.scores:
-            print(f"warning: {name} scores will be null: {reason}", file=sys.stderr)
-    if plan.scoring.random_weights:
-        print(f"WARNING: {', '.join(plan.scoring.random_weights)} scored with RANDOM weights "
-              "(--allow-random-weights): those scores are meaningless; the cache metadata records this.",
-              file=sys.stderr)
-    if plan.tasks:
-        connect(run.address, run.verbose)
-        cpus, num_actors = _actor_shape(run, cpus_per_actor_explicit)
-        # The test-only fault switch travels to actors on other nodes too.
-        env_vars = {FAULTS_ENV: os.environ[FAULTS_ENV]} if FAULTS_ENV in os.environ else {}
-        actor_class = ray.remote(ShardEncoder).options(
-            num_cpus=cpus, num_gpus=run.gpus_per_actor, max_restarts=0, max_concurrency=1,
-            runtime_env={"env_vars": env_vars} if env_vars else None,
-        )
+    with OutputLock(output, "jobs.encode") as lock:
+        if lock.takeover_notice:
+            print(lock.takeover_notice, file=sys.stderr)
+        plan = plan_job(input_spec, output, settings, run.overwrite, run.trust_committed, run.rethreshold)
+        report = JobReport(locate(output).url, dict(plan.committed), plan.skipped, 0.0, resume=plan.resume)
+        for name, reason in plan.scoring.null_reasons.items():
+            if name in settings.scoring.scores:
+                print(f"warning: {name} scores will be null: {reason}", file=sys.stderr)
+        if plan.scoring.random_weights:
+            print(f"WARNING: {', '.join(plan.scoring.random_weights)} scored with RANDOM weights "
+                  "(--allow-random-weights): those scores are meaningless; the cache metadata records this.",
+                  file=sys.stderr)
+        if plan.tasks:
+            started_ray = connect(run.address, run.verbose)
+            try:
+                _encode_on_ray(plan, input_spec, output, run, cpus_per_actor_explicit, report)
+            finally:
+                if started_ray:
+                    import ray
 
-        def make_actor() -> Any:
-            return actor_class.remote(
-                plan.settings, plan.cache_fields, plan.scoring, run.batch_size, run.prefetch_samples,
-                max(1, int(cpus)))
-
-        pool = ActorPool(make_actor, min(num_actors, len(plan.tasks)), cpus, run.gpus_per_actor,
-                         run.max_shards_per_actor)
-        ShardScheduler(plan, input_spec, output, run, pool, report).run_to_completion()
-    else:
-        write_manifest(output, manifest_document(plan, input_spec, report.shards))
+                    ray.shutdown()
+        else:
+            write_manifest(output, manifest_document(plan, input_spec, report.shards))
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _encode_on_ray(plan: EncodePlan, input_spec: str, output: str, run: RunSettings, cpus_per_actor_explicit: bool,
+                   report: JobReport) -> None:
+    import ray
+
+    cpus, num_actors = _actor_shape(run, cpus_per_actor_explicit)
+    # The test-only fault switch travels to actors on other nodes too.
+    env_vars = {FAULTS_ENV: os.environ[FAULTS_ENV]} if FAULTS_ENV in os.environ else {}
+    actor_class = ray.remote(ShardEncoderActor).options(
+        num_cpus=cpus, num_gpus=run.gpus_per_actor, max_restarts=0, max_concurrency=1,
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+    )
+
+    def make_actor() -> Any:
+        return actor_class.remote(
+            plan.settings, plan.cache_fields, plan.scoring, run.batch_size, run.prefetch_samples,
+            max(1, int(cpus)))
+
+    pool = ActorPool(make_actor, min(num_actors, len(plan.tasks)), cpus, run.gpus_per_actor,
+                     run.max_shards_per_actor)
+    ShardScheduler(plan, input_spec, output, run, pool, report).run_to_completion()

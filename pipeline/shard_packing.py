@@ -2,15 +2,18 @@
 
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
+from pipeline.errors import UsageError
 from pipeline.shard_reader import VIDEO_EXTENSIONS
 
 SIDECAR_EXTENSIONS = ("json", "txt")
 
 
-class PackingError(ValueError):
-    """A folder cannot be packed into shards: not a folder, no videos, or two videos mapping to one key."""
+class PackingError(UsageError):
+    """A folder cannot be packed into shards: not a folder, no videos, two videos mapping to one key, or
+    an output folder that cannot be written or already holds shards."""
 
 
 def _sample_key(relative: Path) -> str:
@@ -30,15 +33,36 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, data)
 
 
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Create `out` and prove it takes writes; its `*.tar` files are refused, or removed with `overwrite`,
+    so that a `*.tar` glob over it never picks up a shard of an earlier packing."""
+    if out.exists() and not out.is_dir():
+        raise PackingError(f"output {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PackingError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
+    existing = sorted(path.name for path in out.glob("*.tar"))
+    if existing and not overwrite:
+        shown = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise PackingError(f"output folder {out} already holds {len(existing)} shard(s) ({shown}); use another "
+                           "folder, or --overwrite to remove its *.tar files first")
+    for name in existing:
+        (out / name).unlink()
+
+
 def pack_videos_into_shards(src_dir: str | Path, out_dir: str | Path, samples_per_shard: int = 100,
-                            pattern: str = "shard-{:05d}.tar") -> list[Path]:
+                            pattern: str = "shard-{:05d}.tar", overwrite: bool = False) -> list[Path]:
     """Pack every video under src_dir (recursive, sorted by path) into webdataset tars, one sample each.
 
     Hidden files and folders are skipped. A video's `.json` and `.txt` sidecars (same folder, same
     stem) join its sample. The key is the
     path under src_dir without the extension, `/` and `.` replaced by `_` (see `_sample_key`); two
     videos with one key raise PackingError. Shards are written under a temporary name and renamed,
-    and are byte-identical across runs. Existing files in out_dir with other names are left alone.
+    and are byte-identical across runs. An out_dir already holding `*.tar` files is refused, unless
+    `overwrite`, which removes them first; other files there are left alone.
     """
     src, out = Path(src_dir), Path(out_dir)
     if samples_per_shard < 1:
@@ -60,7 +84,7 @@ def pack_videos_into_shards(src_dir: str | Path, out_dir: str | Path, samples_pe
         if key in keyed:
             raise PackingError(f"{keyed[key]} and {video} both map to sample key {key!r}; rename one")
         keyed[key] = video
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out, overwrite)
     written: list[Path] = []
     items = list(keyed.items())
     for shard_index, first in enumerate(range(0, len(items), samples_per_shard)):

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -28,6 +28,7 @@ from pipeline.decode import (
 )
 from pipeline.encode_settings import EncodeSettings
 from pipeline.fault_injection import inject_fault
+from pipeline.input_identity import input_stat
 from pipeline.model_loading import build_model
 from pipeline.previews import preview_jpeg
 from pipeline.scoring import ClipScorer, ScoringPlan, passes
@@ -67,6 +68,8 @@ class ShardOutcome:
     device: str = ""
     host: str = ""
     pid: int = 0
+    # The input read (`input_identity`): size, version stamp and member-list fingerprint.
+    input: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,8 +136,11 @@ class ShardEncoder:
         self.resolution = parse_resolution(settings.resolution)
         self.limits = VideoLimits(settings.max_pixels, settings.max_frames)
 
-    def process(self, task: ShardTask) -> ShardOutcome:
+    def process(self, task: ShardTask, on_progress: Callable[[int, int], None] | None = None) -> ShardOutcome:
+        """Encode one shard and commit its file; `on_progress(clips, error_rows)` after each sample."""
         started = time.perf_counter()
+        # Taken before reading: a shard replaced meanwhile then looks changed on resume, never unchanged.
+        input_before_reading = input_stat(task.url)
         reader = ShardReader(task.url)
         writer = ShardFileWriter(task.output_dir, task.name, self.cache_fields, task.attempt)
         outcome = ShardOutcome(task.url, task.name, "committed", None, samples=0, clips=0, error_rows=0)
@@ -152,6 +158,8 @@ class ShardEncoder:
                     writer.add(row)
                 outcome.clips += len(sample.rows)
                 outcome.rejected += sum(row["passed"] is False for row in sample.rows)
+            if on_progress is not None:
+                on_progress(outcome.clips, outcome.error_rows)
 
         def run_batch(batch: list[tuple[int, DecodedClip]]) -> None:
             results = self._encode_batch([clip for _, clip in batch], seconds)
@@ -193,6 +201,7 @@ class ShardEncoder:
             outcome.device = str(self.encoder.device)
             outcome.host, outcome.pid = socket.gethostname(), os.getpid()
             outcome.rows = writer.rows
+            outcome.input = {**input_before_reading, "fingerprint": reader.fingerprint}
             committed = writer.commit(outcome.to_dict())
         except BaseException:
             writer.abort()

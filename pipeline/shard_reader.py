@@ -6,6 +6,7 @@ member `dir/name.ext.more` belongs to sample key `dir/name` with extension `ext.
 consecutive members with one key form one sample.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -93,6 +94,22 @@ class _CheckedTarInfo(tarfile.TarInfo):
             raise _BrokenTar(f"damaged member header ({error})") from None
 
 
+class MemberListDigest:
+    """A fingerprint of a tar's member list (names and sizes, in order): re-packing a shard changes it,
+    a copy or a `touch` does not. The streaming reader and `member_list_fingerprint`'s header scan
+    both feed it, so one tar gives one value either way."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, info: tarfile.TarInfo) -> None:
+        name = info.name.encode("utf-8", "surrogateescape")
+        self._digest.update(b"%d:%s:%d\n" % (len(name), name, info.size))
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()[:32]
+
+
 # What a cut or garbled stream raises from tarfile (zlib.error and EOFError from compressed tars).
 # Not OSError: a failing read is the storage's fault and may pass, so the attempt fails and is
 # retried, whereas a truncated tar is committed as `partial` and never retried.
@@ -105,7 +122,8 @@ class ShardReader:
     A shard that breaks part-way (truncated, damaged, a `pipe:` command failing) ends the iteration
     cleanly: complete samples come first, then the sample being assembled at the break, if any, with
     `error` set, and `truncation` then holds the reason (None after a tar that ended properly). A
-    file that is not a tar at all gives no samples and a `truncation`. A missing local file raises
+    file that is not a tar at all gives no samples and a `truncation`. When the iteration ends,
+    `fingerprint` holds the `MemberListDigest` of the member headers read. A missing local file raises
     FileNotFoundError: that is the shard failing, not the shard being cut. Members larger than
     `max_member_bytes` are not read; their sample carries an error instead. A key seen in an earlier,
     non-adjacent group also becomes an error sample, so one key never yields two good samples.
@@ -115,22 +133,25 @@ class ShardReader:
         self.url = url
         self.max_member_bytes = max_member_bytes
         self.truncation: str | None = None
+        self.fingerprint: str | None = None
 
     def __iter__(self) -> Iterator[ShardSample]:
-        self.truncation = None
+        self.truncation = self.fingerprint = None
+        members = MemberListDigest()
         if self.url.startswith(PIPE_PREFIX):
-            yield from self._read_pipe(self.url[len(PIPE_PREFIX):])
+            yield from self._read_pipe(self.url[len(PIPE_PREFIX):], members)
         else:
             with locate(self.url).open("rb") as stream:
-                tar_problem = yield from self._read_tar(stream)
+                tar_problem = yield from self._read_tar(stream, members)
             self.truncation = tar_problem
+        self.fingerprint = members.hexdigest()
 
-    def _read_pipe(self, command: str) -> Iterator[ShardSample]:
+    def _read_pipe(self, command: str, members: MemberListDigest) -> Iterator[ShardSample]:
         with tempfile.TemporaryFile() as stderr:
             # stderr goes to a file, not a pipe: a chatty command cannot block on a full stderr pipe.
             process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=stderr)
             try:
-                tar_problem = yield from self._read_tar(process.stdout)
+                tar_problem = yield from self._read_tar(process.stdout, members)
                 if tar_problem is None:
                     # Read what follows the end marker (record padding), so that a well-behaved writer
                     # does not die of a closed pipe.
@@ -158,7 +179,7 @@ class ShardReader:
                     process.wait()
                 process.stdout.close()
 
-    def _read_tar(self, stream: IO[bytes]) -> Iterator[ShardSample]:
+    def _read_tar(self, stream: IO[bytes], members: MemberListDigest) -> Iterator[ShardSample]:
         """Yield the samples; return the reason the tar broke, or None when it ended properly."""
         try:
             tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo)
@@ -169,6 +190,7 @@ class ShardReader:
         try:
             for info in tar:
                 tar.members = []  # streaming: do not keep every header in memory
+                members.add(info)
                 key_and_extension = self._key_and_extension(info)
                 if key_and_extension is None:
                     continue
@@ -208,3 +230,18 @@ class ShardReader:
         if match is None:
             return None
         return match[1], match[2].lower()
+
+
+def member_list_fingerprint(url: str) -> str:
+    """The `fingerprint` a `ShardReader` of `url` ends with, from the member headers alone: members'
+    data is seeked past, never read. A damaged tar's fingerprint covers the headers before the damage."""
+    members = MemberListDigest()
+    with locate(url).open("rb") as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r:*", tarinfo=_CheckedTarInfo) as tar:
+                for info in tar:
+                    tar.members = []
+                    members.add(info)
+        except _TAR_ERRORS:
+            pass  # the streaming reader stops at the same header
+    return members.hexdigest()

@@ -15,7 +15,9 @@ the columns' types, so a typo fails at once, naming the columns there are.
 
 Nulls follow SQL: a comparison with a null value is null, and a row is selected only where the
 whole expression is true. `passed` therefore drops error rows (their `passed` is null), and so do
-`not passed` and `lpips < 0.2`; `status = 'error'` or `passed or status = 'error'` selects them.
+`not passed` and `lpips < 0.2`; `status = 'error'` or `passed or status = 'error'` selects them. A
+column null in every row (a score computed without its weights) can only be tested with `is [not]
+null`: `refuse_null_columns` refuses any other use (never true, it would quietly select nothing).
 Nothing is evaluated in Python: the result is a `pyarrow.compute.Expression`.
 """
 
@@ -23,12 +25,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["WhereError", "parse_where", "criteria", "where_columns", "canonical_where"]
+__all__ = ["WhereError", "parse_where", "refuse_null_columns", "criteria", "where_columns", "canonical_where"]
 
 
 class WhereError(ValueError):
@@ -384,6 +387,23 @@ def parse_where(text: str, schema: pa.Schema) -> pc.Expression:
     Raises `WhereError` (a ValueError) whose message shows where the problem is.
     """
     return _Checker(text, schema).predicate(_parse(text))
+
+
+def refuse_null_columns(text: str, null_columns: Mapping[str, str]) -> None:
+    """Raises `WhereError` where `text` uses the value of a column of `null_columns` (column → why it
+    is null in every row): a comparison, `in` or bare boolean on it is never true, so a criterion on it
+    would quietly select nothing. `COLUMN is [not] null` stays allowed: it is a fair question."""
+
+    def visit(node: _Node, tested_for_null: bool) -> None:
+        if isinstance(node, _Column) and node.name in null_columns and not tested_for_null:
+            raise WhereError(
+                f"{node.name!r} is null in every row of the cache ({null_columns[node.name]}), so no condition "
+                f"on its value is true; test it with '{node.name} is null' or '{node.name} is not null'",
+                text, node.start)
+        for child in _children(node):
+            visit(child, isinstance(node, _IsNull))
+
+    visit(_parse(text), False)
 
 
 def _conjuncts(node: _Node) -> list[_Node]:

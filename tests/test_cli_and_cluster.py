@@ -1,9 +1,8 @@
 """The jobs as a user runs them: separate processes, a multi-node Ray cluster, the demo."""
 
 import json
-import os
+import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,15 +10,7 @@ import pytest
 
 from pipeline.manifest import MANIFEST_NAME
 from tests.media import encode_mp4, moving_pattern
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_job(*args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+from tests.processes import HUNG_AFTER_S, ROOT, run_job, start_cluster
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +24,7 @@ def video_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and two worker nodes on this machine, as `ray.cluster_utils.Cluster` simulates them."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    cluster = start_cluster()
     yield cluster
     cluster.shutdown()
 
@@ -74,5 +59,15 @@ def test_demo_runs_on_shipped_footage(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "errors by reason (1 rows" in result.stdout and "cannot decode video" in result.stdout
     assert "-> (4, 4, 16, 16) torch.float16" in result.stdout
-    assert "RANDOM" in result.stdout and "next: python -m jobs.report" in result.stdout
+    assert "RANDOM" in result.stdout
     assert len(list((tmp_path / "cache").glob("*.parquet"))) == 3
+    # The command the demo prints next works as printed, from where the demo was run.
+    (next_line,) = [line for line in result.stdout.splitlines() if line.startswith("next: ")]
+    command = shlex.split(next_line.removeprefix("next: "))
+    assert command[1:3] == ["-m", "jobs.report"]
+    shown = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HUNG_AFTER_S)
+    assert shown.returncode == 0, shown.stderr
+    assert (tmp_path / "report.html").stat().st_size > 0
+    # A second demo run starts again from scratch (its shards are replaced, not refused).
+    assert run_job("jobs.demo", "--workdir", str(tmp_path), "--vae", "tiny", "--resolution", "32",
+                   "--num-frames", "4", "--clips-per-video", "1").returncode == 0

@@ -169,7 +169,10 @@ def test_rerun_with_a_different_config_is_refused(encoded, shards, capsys):
         "--allow-random-weights", "--num-frames", "5", "--resolution", "32", "--no-progress",
     ])
     assert status == 2
-    assert "different job configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # Each setting that differs, old → new (this command also leaves out SETTINGS' stride, clips and dtype).
+    assert "different job configuration: clips_per_video: 2 → 1; frame_stride: 2 → 1" in err
+    assert "latent_dtype: 'float32' → 'float16'; num_frames: 4 → 5." in err and "--overwrite" in err
 
 
 def test_float16_cache_is_within_float16_precision(shards, good_video, tmp_path, local_ray):

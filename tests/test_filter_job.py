@@ -3,6 +3,7 @@ byte for byte; counts per criterion; resume; refusal of another expression; no m
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,15 +12,37 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from jobs.filter import main as filter_main
+from pipeline.cache_filter import FilterSettings, _Stopped, filter_file, plan_filter
 from pipeline.cache_schema import METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.encode_settings import EncodeSettings, RunSettings
 from pipeline.manifest import MANIFEST_NAME
+from pipeline.runner import run_encode_job
 from pipeline.where import criteria, parse_where
+from tests.media import encode_mp4, moving_pattern, write_tar
+from vae import load_model
+
 
 @pytest.fixture(scope="module")
 def source(encoded_test_cache) -> Path:
     return encoded_test_cache
+
+
+@pytest.fixture(scope="module")
+def default_scores_cache(tmp_path_factory, local_ray) -> Path:
+    """What a default run makes: VAE weights given, none for LPIPS or the discriminator, so lpips and
+    disc_score are null in every row, with the reason in the file metadata."""
+    root = tmp_path_factory.mktemp("default_scores")
+    save_file(load_model("tiny").state_dict(), root / "tiny.safetensors")
+    write_tar(root / "shard-00000.tar", [("a", {"mp4": encode_mp4(moving_pattern(12, 48, 64, seed=1))}),
+                                         ("b", {"txt": b"no video"})])
+    settings = EncodeSettings(vae="tiny", weights=str(root / "tiny.safetensors"), num_frames=4, resolution="32")
+    report = run_encode_job(str(root / "shard-00000.tar"), str(root / "cache"), settings,
+                            RunSettings(num_actors=1, cpus_per_actor=1, progress=False))
+    assert report.exit_status == 0
+    return root / "cache"
 
 
 WHERE = "passed and lpips < 0 and (ssim > 0 or psnr > 11.3)"
@@ -215,6 +238,56 @@ def test_a_directory_without_a_cache_exits_2(tmp_path, capsys):
     assert status == 2 and "no committed .parquet files" in err
 
 
+def test_a_missing_cache_folder_exits_2_saying_so(tmp_path, capsys):
+    missing = tmp_path / "no-such-cache"
+    status, _, err = _run(capsys, "--cache", str(missing), "--output", str(tmp_path / "out"), "--where", "passed")
+    assert status == 2 and f"--cache {str(missing)!r} does not exist" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, column, reason", [
+    ("passed and lpips < 0.2", "lpips", "no LPIPS weights: missing the "),
+    ("psnr >= 10 or disc_score in (1, 2)", "disc_score", "no discriminator weights (--disc-weights)"),
+    ("not (lpips > 0.5)", "lpips", "no LPIPS weights: missing the "),
+])
+def test_a_criterion_on_a_score_null_in_every_row_is_refused_with_its_reason(
+        default_scores_cache, tmp_path, capsys, where, column, reason):
+    status, _, err = _run(capsys, "--cache", str(default_scores_cache), "--output", str(tmp_path / "out"),
+                          "--where", where)
+    assert status == 2, err
+    assert f"'{column}' is null in every row of the cache ({reason}" in err
+    assert f"test it with '{column} is null' or '{column} is not null'" in err
+    assert f"  {where}\n" in err  # the expression is quoted, a caret under the column
+    assert not (tmp_path / "out").exists()  # refused before the output is touched
+
+
+def test_is_null_on_a_score_null_in_every_row_still_filters(default_scores_cache, tmp_path, capsys):
+    rows = ds.dataset(default_scores_cache, format="parquet").to_table()
+    assert rows["lpips"].null_count == rows.num_rows > rows["psnr"].null_count > 0
+    status, out, err = _run(capsys, "--cache", str(default_scores_cache), "--output", str(tmp_path / "null"),
+                            "--where", "lpips is null and psnr is not null")
+    assert status == 0, err
+    kept = ds.dataset(tmp_path / "null", format="parquet").to_table()
+    assert kept.num_rows == rows.num_rows - rows["psnr"].null_count and set(kept["status"].to_pylist()) == {"ok"}
+    status, _, err = _run(capsys, "--cache", str(default_scores_cache), "--output", str(tmp_path / "none"),
+                          "--where", "lpips is not null")
+    assert status == 0, err
+    assert ds.dataset(tmp_path / "none", format="parquet").to_table().num_rows == 0
+
+
+def test_a_column_the_statistics_show_null_everywhere_is_refused(source, tmp_path, capsys):
+    # An error-only cache: its metadata gives no reason for null scores, its footers' statistics do.
+    status, _, _ = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "errors"), "--where", "status = 'error'")
+    assert status == 0
+    status, _, err = _run(capsys, "--cache", str(tmp_path / "errors"), "--output", str(tmp_path / "out"),
+                          "--where", "status = 'error' and psnr > 0")
+    assert status == 2
+    assert "'psnr' is null in every row of the cache (it holds only nulls" in err, err
+    status, _, err = _run(capsys, "--cache", str(tmp_path / "errors"), "--output", str(tmp_path / "out"),
+                          "--where", "psnr is null")
+    assert status == 0, err
+
+
 def test_no_model_is_built(source, tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the filter job built a torch module")
@@ -222,3 +295,12 @@ def test_no_model_is_built(source, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "__init__", refuse)
     status, _, err = _run(capsys, "--cache", str(source), "--output", str(tmp_path / "out"), "--where", WHERE)
     assert status == 0, err
+
+
+def test_an_interrupted_filter_drops_the_file_it_was_writing(source, tmp_path):
+    plan = plan_filter(FilterSettings(str(source), str(tmp_path / "out"), "passed"))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(_Stopped):
+        filter_file(plan, plan.todo[0], stop)
+    assert list((tmp_path / "out").rglob("*.parquet")) == []

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import warnings
@@ -103,3 +104,39 @@ def test_cli_exits_2_on_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "empty"), str(tmp_path / "out"), "--samples-per-shard", "0"])
     assert exit_.value.code == 2
+
+
+def test_a_folder_holding_shards_is_refused_unless_overwrite(video_folder, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(video_folder), str(out), "--samples-per-shard", "2"]) == 0
+    (out / "notes.txt").write_text("not a shard")
+    result = subprocess.run([sys.executable, "-m", "jobs.make_shards", str(video_folder), str(out),
+                             "--samples-per-shard", "4"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "already holds 3 shard(s) (shard-00000.tar, shard-00001.tar, shard-00002.tar)" in result.stderr
+    assert "--overwrite" in result.stderr
+    assert main([str(video_folder), str(out), "--samples-per-shard", "4", "--overwrite"]) == 0
+    # No shard of the first packing is left for a `*.tar` glob to pick up; other files stay.
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "shard-00000.tar", "shard-00001.tar"]
+    assert len(read_back(sorted(out.glob("*.tar")))) == 5
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:
+        # Permission bits do not stop root; sysfs refuses new files to everyone.
+        return Path("/sys/kernel")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def test_an_output_that_is_a_file_or_not_writable_exits_2(video_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, message in [(blocker, "is a file, not a folder"), (blocker / "shards", "is not writable"),
+                         (_unwritable_folder(tmp_path), "is not writable")]:
+        result = subprocess.run([sys.executable, "-m", "jobs.make_shards", str(video_folder), str(out)],
+                                cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr and str(out) in result.stderr

@@ -5,17 +5,13 @@ server over HTTP, as they would reach S3, not through an in-process mock.
 """
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline.fault_injection import FAULTS_ENV
 from tests.media import write_video_shards
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.processes import run_job
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +29,8 @@ def s3(s3_endpoint, tmp_path_factory):
 
 
 def _encode(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.encode", "--vae", "tiny", "--allow-random-weights", "--num-frames", "4",
-         "--resolution", "32", "--scores", "psnr", "--no-progress", "--num-actors", "2", "--cpus-per-actor", "1",
-         *args],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=240,
-    )
+    return run_job("jobs.encode", "--vae", "tiny", "--allow-random-weights", "--num-frames", "4", "--resolution", "32",
+                   "--scores", "psnr", "--no-progress", "--num-actors", "2", "--cpus-per-actor", "1", *args, env=env)
 
 
 def test_s3_in_s3_out_with_atomic_commit_and_resume(s3):

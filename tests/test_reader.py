@@ -210,6 +210,59 @@ def test_bad_where_is_refused_before_reading(caches):
         LatentDataset(caches["main"], where="nope = 1")
 
 
+def test_where_on_a_score_null_in_every_row_is_refused_with_its_reason(caches):
+    # main was encoded with --scores psnr: the other scores are null, and the metadata says why.
+    with pytest.raises(ValueError, match=r"'lpips' is null in every row of the cache \(not requested \(--scores\)\)"):
+        LatentDataset(caches["main"], where="passed and lpips < 0.2")
+    with pytest.raises(ValueError, match="'ssim' is null in every row"):
+        LatentDataset([caches["main"], caches["bf16"]], where="ssim in (0.5, 0.6) or passed")
+    keys = sorted(sample["key"] for sample in LatentDataset(caches["main"], where="lpips is null"))
+    assert keys == _ok_keys(caches["main"])
+    assert not list(LatentDataset(caches["main"], where="disc_score is not null"))
+
+
+
+@pytest.mark.parametrize("cache", ["main", "regrouped"])
+def test_len_is_what_a_rank_yields_over_all_its_workers(caches, cache):
+    for world_size in (1, 2):
+        lengths = []
+        for rank in range(world_size):
+            for shuffle, epoch in ((False, 0), (True, 0), (True, 1)):
+                dataset = LatentDataset(caches[cache], shuffle=shuffle, seed=5, rank=rank, world_size=world_size)
+                dataset.set_epoch(epoch)
+                for workers in (0, 2):
+                    assert len(dataset) == len(_loader_keys(dataset, workers)), (world_size, rank, shuffle, workers)
+            lengths.append(len(LatentDataset(caches[cache], rank=rank, world_size=world_size)))
+        assert sum(lengths) == 30 and all(lengths)
+
+
+def test_len_of_a_loader_with_workers(caches):
+    # Each worker batches its own row groups, so the last batch of each can be short: the loader may
+    # yield up to workers - 1 more batches than len(loader) = ceil(len(dataset) / batch_size).
+    dataset = LatentDataset(caches["regrouped"])
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_latents)
+    sizes = [len(batch["key"]) for batch in loader]
+    assert sum(sizes) == len(dataset) == 30 and len(loader) == 8
+    assert len(loader) <= len(sizes) <= len(loader) + 1 and sum(size < 4 for size in sizes) <= 2
+
+
+def test_len_with_where_is_unknown_until_read(caches):
+    for where in ("passed", pc.field("passed")):
+        dataset = LatentDataset(caches["main"], where=where)
+        with pytest.raises(TypeError, match="unknown until its rows are read"):
+            len(dataset)
+        assert len(list(dataset)) == 20  # list() takes the TypeError as "no length hint"
+
+
+def test_len_without_statistics_is_a_type_error_naming_the_file(caches, tmp_path):
+    source = caches["main"] / "shard-00000.parquet"
+    (tmp_path / "bare").mkdir()
+    pq.write_table(pq.read_table(source), tmp_path / "bare" / source.name, write_statistics=False)
+    dataset = LatentDataset(tmp_path / "bare")
+    with pytest.raises(TypeError, match=f"{tmp_path / 'bare' / source.name} was written without it"):
+        len(dataset)
+    assert len(list(dataset)) == 6
+
 
 class _CountingFile:
     def __init__(self, handle, counter):
@@ -314,6 +367,14 @@ def test_metadata_pass_skips_latents_that_statistics_cannot(caches):
     chunk = _latent_chunk_bytes(caches["main"])
     assert {name for name, _ in rejected_groups} == {"shard-00001.parquet", "shard-00003.parquet"}
     assert full - selective >= sum(chunk[group] for group in rejected_groups) > 0
+
+
+def test_len_reads_no_data(caches):
+    dataset = LatentDataset(f"counting://{caches['regrouped']}", rank=1, world_size=2)
+    CountingFileSystem.counter["bytes"] = 0
+    length = len(dataset)
+    assert CountingFileSystem.counter["bytes"] == 0
+    assert length == len(list(dataset)) > 0
 
 
 def test_reads_through_an_fsspec_filesystem_in_workers(caches):

@@ -22,6 +22,7 @@ from PIL import Image
 from jobs.report import main as report_main
 from pipeline.cache_report import NO_PREVIEWS
 from tests.caches import MIN_PSNR
+from tests.processes import HUNG_AFTER_S
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -216,7 +217,7 @@ def test_headless_chromium_renders_the_page(report, tmp_path):
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1200,2000",
          out.resolve().as_uri()],
-        check=True, timeout=90, capture_output=True,
+        check=True, timeout=HUNG_AFTER_S, capture_output=True,
     )
     image = Image.open(screenshot)
     assert image.size == (1200, 2000)

@@ -6,7 +6,6 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import av
 import numpy as np
@@ -16,8 +15,8 @@ import pytest
 from jobs.encode import main as encode_main
 from pipeline.decode import ClipSampling, VideoDecodeError, VideoLimits, decode_clips, parse_resolution
 from tests.media import encode_mp4, moving_pattern, write_tar
+from tests.processes import HUNG_AFTER_S, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ENCODE = ["--vae", "tiny", "--allow-random-weights", "--num-frames", "4", "--resolution", "32", "--no-progress",
           "--scores", "none"]
 
@@ -108,7 +107,7 @@ def test_an_8000x8000_video_is_refused_within_512_mb(tmp_path):
     write_tar(tmp_path / "shard-00000.tar", [("huge", {"mp4": video})])
     # The whole step (reading, probing, refusing, committing) in a fresh process, whose peak RSS is its own.
     result = subprocess.run([sys.executable, "-c", _REFUSE_IN_CHILD, str(tmp_path / "shard-00000.tar"),
-                             str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=HUNG_AFTER_S,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.cache_schema import SCHEMA
-from pipeline.where import WhereError, canonical_where, criteria, parse_where, where_columns
+from pipeline.where import WhereError, canonical_where, criteria, parse_where, refuse_null_columns, where_columns
 
 # Rows 0-2 are ok clips, row 3 an error row (null scores and passed), row 4 an ok clip with a null lpips.
 TABLE = pa.table({
@@ -209,3 +209,40 @@ def test_where_columns():
     assert where_columns("passed and (lpips < 0.2 or psnr > lpips) and caption is not null") == [
         "passed", "lpips", "psnr", "caption"]
     assert where_columns("true") == []
+
+
+NULL_COLUMNS = {"lpips": "no LPIPS weights: missing the calibrated heads (--lpips-heads)",
+                "passed": "it holds only nulls"}
+
+
+@pytest.mark.parametrize("text, name", [
+    ("lpips < 0.2", "lpips"),
+    ("psnr > 30 and lpips < 0.2", "lpips"),
+    ("psnr > 30 or not (lpips >= 0.5)", "lpips"),
+    ("psnr > lpips", "lpips"),
+    ("lpips in (0.1, 0.2)", "lpips"),
+    ("lpips not in (0.1)", "lpips"),
+    ("(lpips < 0.2) is null", "lpips"),  # the value is compared before the test for null
+    ("passed", "passed"),
+    ("psnr > 30 and not passed", "passed"),
+    ("passed = true", "passed"),
+])
+def test_a_column_null_in_every_row_is_refused_unless_tested_for_null(text, name):
+    with pytest.raises(WhereError) as caught:
+        refuse_null_columns(text, NULL_COLUMNS)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == (f"where: {name!r} is null in every row of the cache ({NULL_COLUMNS[name]}), so no condition "
+                        f"on its value is true; test it with '{name} is null' or '{name} is not null'")
+    assert lines[1:] == [f"  {text}", "  " + " " * text.index(name) + "^"]
+
+
+@pytest.mark.parametrize("text", [
+    "lpips is null", "lpips is not null and psnr > 30", "(lpips) is null or passed is not null",
+    "psnr > 30 and clip_index in (0, 1)", "not (lpips is null)",
+])
+def test_tests_for_null_and_other_columns_are_allowed(text):
+    refuse_null_columns(text, NULL_COLUMNS)
+
+
+def test_a_cache_without_null_columns_refuses_nothing():
+    refuse_null_columns("lpips < 0.2 and passed", {})
