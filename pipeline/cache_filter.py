@@ -216,8 +216,6 @@ def plan_filter(settings: FilterSettings) -> _FilterPlan:
     output = locate(settings.output)
     if source.url.rstrip("/") == output.url.rstrip("/"):
         raise UsageError("--output must differ from --cache: the filter writes a new cache")
-    if not source.exists():
-        raise UsageError(f"--cache {settings.cache!r} does not exist")
     locations = cache_files(source.url, "--cache")
     try:
         sources = [_source_file(location) for location in locations]

@@ -23,6 +23,8 @@ def committed_files(output_dir: str) -> list[Location]:
 def cache_files(url: str, flag: str) -> list[Location]:
     """The committed files of an existing cache; a UsageError naming `flag` when there are none."""
     try:
+        if not locate(url).exists():
+            raise UsageError(f"{flag} {url!r} does not exist")
         locations = committed_files(url)
     except OSError as exc:
         raise UsageError(f"{flag} {url!r} cannot be listed: {exc}") from exc

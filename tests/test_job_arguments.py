@@ -1,5 +1,7 @@
 """What every job's command line tells a user: each default in --help, every preset, a hint for an unquoted glob."""
 
+import importlib
+
 import pytest
 
 from jobs import encode, filter as filter_job, make_shards, report
@@ -40,3 +42,15 @@ def test_other_unknown_arguments_get_no_hint(capsys):
     with pytest.raises(SystemExit):
         encode.build_parser().parse_args(["--input", "x", "--output", "y", "--vae", "tiny", "--frobnicate"])
     assert "quote it" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("job, args", [
+    ("jobs.inspect", ["{cache}"]),
+    ("jobs.report", ["--cache", "{cache}", "--out", "{tmp}/report.html"]),
+    ("jobs.filter", ["--cache", "{cache}", "--output", "{tmp}/out", "--where", "passed"]),
+])
+def test_a_job_reading_a_missing_cache_exits_2_saying_it_does_not_exist(job, args, tmp_path, capsys):
+    missing = tmp_path / "no-such-cache"
+    main = importlib.import_module(job).main
+    status = main([arg.format(cache=missing, tmp=tmp_path) for arg in args])
+    assert status == 2 and f"{str(missing)!r} does not exist" in capsys.readouterr().err
