@@ -50,6 +50,16 @@ def _encode(root: Path, cache: Path, **run) -> tuple:
     return report, format_summary(report)
 
 
+def _two_encoded_shards(videos: list[bytes], tmp_path: Path) -> tuple[Path, Path, tuple]:
+    """Shards a0,a1 and b0,b1 encoded; the shards' folder, the cache and shard-00000's file state."""
+    root, cache = tmp_path / "shards", tmp_path / "cache"
+    root.mkdir()
+    _pack(root / "shard-00000.tar", ["a0", "a1"], videos[:2])
+    _pack(root / "shard-00001.tar", ["b0", "b1"], videos[2:])
+    _encode(root, cache)
+    return root, cache, _file_state(cache / "shard-00000.parquet")
+
+
 def test_reader_and_header_scan_give_one_fingerprint(videos, tmp_path):
     plain = _pack(tmp_path / "plain.tar", ["a", "b"], videos)
     truncated = tmp_path / "cut.tar"
@@ -70,12 +80,7 @@ def test_reader_and_header_scan_give_one_fingerprint(videos, tmp_path):
 
 
 def test_a_repacked_shard_is_encoded_again_unless_trusted(videos, tmp_path, local_ray):
-    root, cache = tmp_path / "shards", tmp_path / "cache"
-    root.mkdir()
-    _pack(root / "shard-00000.tar", ["a0", "a1"], videos[:2])
-    _pack(root / "shard-00001.tar", ["b0", "b1"], videos[2:])
-    _encode(root, cache)
-    untouched = _file_state(cache / "shard-00000.parquet")
+    root, cache, untouched = _two_encoded_shards(videos, tmp_path)
     job_hash = json.loads((cache / MANIFEST_NAME).read_text())["job"]["hash"]
 
     _pack(root / "shard-00001.tar", ["c0", "c1", "c2"], [videos[3], videos[0], videos[1]])
@@ -102,12 +107,7 @@ def test_a_repacked_shard_is_encoded_again_unless_trusted(videos, tmp_path, loca
 
 
 def test_touch_is_not_a_change_but_renamed_members_of_the_same_size_are(videos, tmp_path, local_ray):
-    root, cache = tmp_path / "shards", tmp_path / "cache"
-    root.mkdir()
-    _pack(root / "shard-00000.tar", ["a0", "a1"], videos[:2])
-    _pack(root / "shard-00001.tar", ["b0", "b1"], videos[2:])
-    _encode(root, cache)
-    untouched = _file_state(cache / "shard-00000.parquet")
+    root, cache, untouched = _two_encoded_shards(videos, tmp_path)
     size = (root / "shard-00001.tar").stat().st_size
 
     _later_mtime(root / "shard-00000.tar")  # as `touch` does
