@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from einops import rearrange
 import torch
 from torch import nn
 
@@ -23,9 +24,9 @@ def resolve_compute(compute_dtype: str, device: str | torch.device | None = None
 def frames_to_model_input(frames: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """uint8 (B, T, H, W, 3) → (B, 3, T, H, W) in [-1, 1].
 
-    The permute is a view, so a 2D VAE folding time into batch sees channels-last frames for free.
+    The rearrange is a view, so a 2D VAE folding time into batch sees channels-last frames for free.
     """
-    x = frames.to(device, non_blocking=True).permute(0, 4, 1, 2, 3)
+    x = rearrange(frames.to(device, non_blocking=True), "b t h w c -> b c t h w")
     return x.to(dtype).div_(127.5).sub_(1.0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from einops import rearrange
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -21,14 +22,14 @@ def preview_jpeg(frames: torch.Tensor, reconstruction: torch.Tensor) -> bytes:
     """
     t, h, w, _ = frames.shape
     picks = torch.linspace(0, t - 1, min(PREVIEW_FRAMES, t)).round().long()
-    source = frames[picks].permute(0, 3, 1, 2).float()
-    recon = reconstruction[:, picks].permute(1, 0, 2, 3).float().clamp(-1, 1).add(1).mul(127.5)
+    source = rearrange(frames[picks], "n h w c -> n c h w").float()
+    recon = rearrange(reconstruction[:, picks], "c n h w -> n c h w").float().clamp(-1, 1).add(1).mul(127.5)
     width = max(1, round(w * PREVIEW_HEIGHT / h))
     rows = [F.interpolate(row, size=(PREVIEW_HEIGHT, width), mode="bilinear", antialias=True, align_corners=False)
             for row in (source, recon)]
-    # (2, n, 3, h, w) → an image of 2 rows and n columns.
-    grid = torch.stack(rows).round().clamp(0, 255).byte().permute(0, 3, 1, 4, 2)
-    image = grid.reshape(2 * PREVIEW_HEIGHT, len(picks) * width, 3).numpy()
+    # Two rows (source, reconstruction) of n frames side by side.
+    grid = torch.stack(rows).round().clamp(0, 255).byte()
+    image = rearrange(grid, "row n c h w -> (row h) (n w) c").numpy()
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
     return buffer.getvalue()

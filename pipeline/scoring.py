@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from einops import rearrange
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -152,8 +153,8 @@ def ssim(source: Tensor, reconstruction: Tensor) -> Tensor:
     b, c, t, h, w = source.shape
     if min(h, w) < _SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {_SSIM_WINDOW}x{_SSIM_WINDOW}, got {h}x{w}")
-    x = source.permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w).float()
-    y = reconstruction.permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w).float()
+    # Every (frame, channel) plane filtered on its own.
+    x, y = (rearrange(v, "b c t h w -> (b t c) 1 h w").float() for v in (source, reconstruction))
     kernel = _gaussian_kernel(x.device, x.dtype)
     # One filtering pass over the five maps stacked along the batch.
     mu_x, mu_y, xx, yy, xy = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y]), kernel).chunk(5)

@@ -8,6 +8,7 @@ loads as is; `use_quant_conv=True` adds the 1x1 `quant_conv`/`post_quant_conv` o
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from einops import rearrange
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -47,13 +48,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm(x)
-        b, c, height, width = h.shape
-        # (b, c, h, w) -> (b, 1, h*w, c), contiguous so SDPA can use its fused kernels; free for channels_last.
-        q, k, v = (
-            t.reshape(b, 1, c, height * width).transpose(2, 3).contiguous() for t in (self.q(h), self.k(h), self.v(h))
-        )
+        height = h.shape[2]
+        # Contiguous so SDPA can use its fused kernels; free for channels_last.
+        q, k, v = (rearrange(t, "b c h w -> b 1 (h w) c").contiguous() for t in (self.q(h), self.k(h), self.v(h)))
         h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(2, 3).reshape(b, c, height, width)
+        h = rearrange(h, "b 1 (h w) c -> b c h w", h=height)
         # The view above is channels_last whatever x was; keep x's layout so convs don't flip formats.
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         h = h.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -239,12 +238,11 @@ class AutoEncoder2D(nn.Module):
 def _fold_time(x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """(B,C,T,H,W) -> (B*T,C,H,W) and the inverse for the result; identity for 4-D input.
 
-    permute + reshape are views for channels_last_3d video, which folds into channels_last frames.
+    The rearrange is a view for channels_last_3d video, which folds into channels_last frames.
     """
     if x.ndim == 4:
         return x, lambda y: y
     if x.ndim != 5:
         raise ValueError(f"expected (B,C,H,W) or (B,C,T,H,W), got shape {tuple(x.shape)}")
-    b, c, t, h, w = x.shape
-    frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-    return frames, lambda y: y.reshape(b, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+    b = x.shape[0]
+    return rearrange(x, "b c t h w -> (b t) c h w"), lambda y: rearrange(y, "(b t) c h w -> b c t h w", b=b)

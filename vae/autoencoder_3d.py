@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from einops import rearrange
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -147,9 +148,9 @@ class FrameCausalAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, t, h, w = x.shape
-        # (b, c, t, h, w) -> (b, t*h*w, c): a view for channels_last_3d, one copy otherwise.
-        tokens = self.group_norm(x).permute(0, 2, 3, 4, 1).reshape(b, 1, t * h * w, c)
+        t, h, w = x.shape[2:]
+        # A view for channels_last_3d, one copy otherwise.
+        tokens = rearrange(self.group_norm(x), "b c t h w -> b 1 (t h w) c")
         q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
         # One query frame at a time against the frames up to it: no T*H*W square mask, half the products.
         out = torch.empty_like(q)
@@ -157,7 +158,7 @@ class FrameCausalAttention(nn.Module):
         for frame in range(t):
             end = (frame + 1) * n
             out[:, :, frame * n : end] = F.scaled_dot_product_attention(q[:, :, frame * n : end], k[:, :, :end], v[:, :, :end])
-        out = self.to_out[0](out).reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        out = rearrange(self.to_out[0](out), "b 1 (t h w) c -> b c t h w", t=t, h=h)
         if not x.is_contiguous(memory_format=torch.channels_last_3d):
             out = out.contiguous()
         return out.add_(x)

@@ -4,6 +4,7 @@
 reconstruction terms (video is folded to (B*T, C, H, W) first), per sample for the KL term.
 """
 
+from einops import rearrange
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -125,8 +126,7 @@ def _frames(x: Tensor) -> Tensor:
         return x
     if x.ndim != 5:
         raise ValueError(f"expected (B,C,H,W) or (B,C,T,H,W), got shape {tuple(x.shape)}")
-    b, c, t, h, w = x.shape
-    return x.transpose(1, 2).reshape(b * t, c, h, w)
+    return rearrange(x, "b c t h w -> (b t) c h w")
 
 
 class GeneratorLoss(nn.Module):

@@ -16,6 +16,7 @@ With the backbone alone the number is not LPIPS; with the heads alone it is mean
 import os
 from pathlib import Path
 
+from einops import rearrange
 import torch
 from torch import Tensor, nn
 
@@ -146,12 +147,12 @@ class LPIPS(nn.Module):
             raise ValueError(f"frames_per_batch must be at least 1, got {frames_per_batch}")
         b, t = x.shape[0], 1 if x.ndim == 4 else x.shape[2]
         if x.ndim == 5:
-            x, y = (v.transpose(1, 2).flatten(0, 1) for v in (x, y))
+            x, y = (rearrange(v, "b c t h w -> (b t) c h w") for v in (x, y))
         if b * t == 0:
             return x.new_zeros(b, dtype=torch.float32)
         step = frames_per_batch or b * t
         per_frame = torch.cat([self._distances(x[i : i + step], y[i : i + step]) for i in range(0, b * t, step)])
-        return per_frame.reshape(b, t).mean(dim=1)
+        return rearrange(per_frame, "(b t) -> b t", b=b).mean(dim=1)
 
     def _distances(self, x: Tensor, y: Tensor) -> Tensor:
         dtype = self.scaling_layer.shift.dtype
