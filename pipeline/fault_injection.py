@@ -5,7 +5,6 @@ that attempt (0 = the first) of that shard has read its first sample:
 - `exit`: the actor's process dies at once (as when the OOM killer or a segfault takes it);
 - `hang`: the decoder blocks in native code holding the GIL (as a stuck demuxer does), so the
   actor cannot even answer; only `--shard-timeout` and a kill end it;
-- `sleep=SECONDS`: the attempt stalls that long, then goes on (a slow shard);
 - `wait-for-file=PATH`: the attempt stalls until PATH (no comma in it) exists, then goes on, so a
   test holds it mid-shard exactly as long as it needs to, however fast or slow the machine.
 Unset in production: nothing here runs unless the variable is set.
@@ -33,8 +32,6 @@ def inject_fault(shard_name: str, attempt: int) -> None:
         elif action == "hang":
             # PyDLL keeps the GIL during the call, like a native decoder that never returns.
             ctypes.PyDLL(None).sleep(1_000_000)
-        elif action.startswith("sleep="):
-            time.sleep(float(action.removeprefix("sleep=")))
         elif action.startswith("wait-for-file="):
             release = action.removeprefix("wait-for-file=")
             while not os.path.exists(release):

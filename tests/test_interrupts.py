@@ -2,9 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,7 +10,7 @@ import pytest
 from pipeline.fault_injection import FAULTS_ENV
 from tests.cache_checks import assert_every_sample_once
 from tests.media import write_video_shards
-from tests.processes import HUNG_AFTER_S, ROOT, run_job
+from tests.processes import HUNG_AFTER_S, job_process, run_job, wait_for
 
 ENCODE_ARGS = ["--vae", "tiny", "--allow-random-weights", "--num-frames", "4", "--resolution", "32",
                "--num-actors", "1", "--cpus-per-actor", "1", "--no-progress"]
@@ -33,14 +30,6 @@ def uninterrupted(shards, tmp_path_factory) -> Path:
     return cache
 
 
-def _wait_for(condition, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + HUNG_AFTER_S
-    while not condition():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the job never reached the state the test waits for"
-        time.sleep(0.1)
-
-
 def _content(cache: Path) -> dict[str, list[dict]]:
     """Every row of every file; file footers hold timings and pids, which differ between runs."""
     return {path.name: pq.read_table(path).to_pylist() for path in sorted(cache.glob("*.parquet"))}
@@ -56,20 +45,14 @@ def test_a_signal_mid_job_stops_cleanly_and_the_rerun_completes_the_same_cache(
     cache = tmp_path / "cache"
     # shard-00000 commits; shard-00001's attempt then stays mid-shard until the signal ends the job.
     held = f"wait-for-file={tmp_path / 'never'}:shard-00001:0"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.encode", "--input", str(root / "shard-*.tar"), "--output", str(cache),
-         *ENCODE_ARGS], cwd=ROOT, env={**os.environ, FAULTS_ENV: held}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for(lambda: (cache / "shard-00000.parquet").exists() and any((cache / "_tmp").glob("*")), process)
+    with job_process("jobs.encode", "--input", str(root / "shard-*.tar"), "--output", str(cache), *ENCODE_ARGS,
+                     env={FAULTS_ENV: held}) as process:
+        wait_for(lambda: (cache / "shard-00000.parquet").exists() and any((cache / "_tmp").glob("*")), process)
         if whole_group:
             os.killpg(process.pid, signum)
         else:
             process.send_signal(signum)
         out, err = process.communicate(timeout=HUNG_AFTER_S)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == status, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
