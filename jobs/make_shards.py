@@ -10,7 +10,7 @@ import sys
 
 from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
-from pipeline.shard_packing import pack_videos_into_shards
+from pipeline.source.shard_packing import pack_videos_into_shards
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cache_report import write_report
-from pipeline.cache_summary import SCORES
 from jobs.arguments import JobArgumentParser
 from jobs.exit_status import run_job
+from pipeline.cache.report import write_report
+from pipeline.cache.summary import SCORES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.cache.manifest import MANIFEST_NAME
 
 
 def assert_every_sample_once(cache: Path, expected: dict[str, list[str]], clips_per_sample: int = 1) -> list[dict]:

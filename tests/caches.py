@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from pipeline.encode_settings import EncodeSettings, RunSettings
-from pipeline.runner import run_encode_job
-from pipeline.scoring import ScoreSettings
+from pipeline.encode.scoring import ScoreSettings
+from pipeline.encode.settings import EncodeSettings, RunSettings
+from pipeline.run.runner import run_encode_job
 from tests.media import encode_mp4, moving_pattern, write_tar
 
 # PSNR of the tiny random VAE on these clips is about 11 dB: 11.2 splits them into passed and rejected.

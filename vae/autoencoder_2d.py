@@ -8,8 +8,8 @@ loads as is; `use_quant_conv=True` adds the 1x1 `quant_conv`/`post_quant_conv` o
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from einops import rearrange
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 

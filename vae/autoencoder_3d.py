@@ -10,8 +10,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from einops import rearrange
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 

@@ -4,8 +4,8 @@
 reconstruction terms (video is folded to (B*T, C, H, W) first), per sample for the KL term.
 """
 
-from einops import rearrange
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 

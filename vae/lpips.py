@@ -16,8 +16,8 @@ With the backbone alone the number is not LPIPS; with the heads alone it is mean
 import os
 from pathlib import Path
 
-from einops import rearrange
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from vae.checkpoint import load_state_dict_file, load_weights_strictly

@@ -1,0 +1,76 @@
+"""Builds the job's VAE from its settings and describes it for the cache metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import vae
+from pipeline.cache.shard_writer import sha256_of_file
+from pipeline.encode.settings import EncodeSettings
+from pipeline.errors import UsageError
+
+
+def build_model(settings: EncodeSettings, device: str | torch.device | None = None) -> nn.Module:
+    """The VAE with its weights, or seeded random weights (identical in every actor) when allowed."""
+    if settings.weights is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            return vae.load_model(settings.vae, device=device)
+    return vae.load_model(settings.vae, weights=settings.weights, device=device)
+
+
+def default_num_frames(temporal_factor: int) -> int:
+    """16 frames for a per-frame VAE; 4k+1 = 17 for a 4x causal temporal VAE."""
+    return 16 if temporal_factor == 1 else 4 * temporal_factor + 1
+
+
+def check_num_frames(num_frames: int, temporal_factor: int) -> None:
+    """A causal VAE compressing time by f takes 1 + f*k frames."""
+    if temporal_factor == 1 or (num_frames - 1) % temporal_factor == 0:
+        return
+    below = 1 + (num_frames - 1) // temporal_factor * temporal_factor
+    above = below + temporal_factor
+    nearest = f"{below} or {above}" if below > 1 else f"{above}"
+    raise UsageError(
+        f"--num-frames {num_frames} does not fit a VAE that compresses time by {temporal_factor} "
+        f"(it takes 1 + {temporal_factor}k frames); use {nearest}"
+    )
+
+
+def describe_vae(settings: EncodeSettings) -> dict[str, Any]:
+    """The VAE's identity for the cache metadata, checked on the driver before any actor starts.
+
+    The model is built on the meta device, so no parameter memory is allocated; the weights file is
+    read once to check that every key and shape fits, so a bad file stops the job before any actor
+    starts.
+    """
+    if settings.weights is not None and not Path(settings.weights).is_file():
+        raise UsageError(f"--weights {settings.weights!r}: no such file")
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+            model = vae.load_model(settings.vae, weights=settings.weights)
+    except (ValueError, KeyError, OSError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise UsageError(f"--vae {settings.vae!r} with --weights {settings.weights!r}: {exc}") from exc
+    weights_sha256 = None if settings.weights is None else sha256_of_file(settings.weights)
+    config = model.config
+    return {
+        "kind": model.kind,
+        "spec": settings.vae,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
+        "weights": settings.weights,
+        "weights_sha256": weights_sha256,
+        "random_init_seed": settings.seed if settings.weights is None else None,
+        "scale_factor": float(config.scale_factor),
+        "shift_factor": float(config.shift_factor),
+        "spatial_factor": int(model.spatial_factor),
+        "temporal_factor": int(model.temporal_factor),
+        "latent_channels": int(model.latent_channels),
+    }

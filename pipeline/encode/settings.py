@@ -1,0 +1,93 @@
+"""What an encode job produces (hashed, so a resume can refuse a changed job) and how it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.cache.schema import LATENT_DTYPES
+from pipeline.encode.scoring import ScoreSettings
+from pipeline.errors import UsageError
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Everything that changes the bytes of the cache. `num_frames=None` means the VAE's default."""
+
+    vae: str
+    weights: str | None = None
+    allow_random_weights: bool = False
+    num_frames: int | None = None
+    frame_stride: int = 1
+    clips_per_video: int = 1
+    resolution: str = "256"
+    latent_dtype: str = "float16"
+    compute_dtype: str = "auto"
+    store_moments: bool = False
+    keep_previews: bool = False
+    max_pixels: int = 4096 * 4096
+    max_frames: int = 100_000
+    # Seeds the random initialisation, so every actor of a random-weights job holds the same model.
+    seed: int = 0
+    scoring: ScoreSettings = ScoreSettings()
+
+    def __post_init__(self) -> None:
+        if self.latent_dtype not in LATENT_DTYPES:
+            raise UsageError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, not {self.latent_dtype!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise UsageError(f"--compute-dtype must be one of {list(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
+        for name in ("frame_stride", "clips_per_video"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_pixels < 1 or self.max_frames < 1:
+            raise UsageError("--max-pixels and --max-frames must be positive")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise UsageError("--num-frames must be at least 1")
+        if self.weights is None and not self.allow_random_weights:
+            raise UsageError(
+                "no --weights given: encoding with a randomly initialised VAE produces meaningless latents. "
+                "Pass --weights PATH (safetensors), or --allow-random-weights for tests and demos."
+            )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the job runs; changing these never changes the cache."""
+
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 4
+    max_retries: int = 2
+    # A stuck decoder never returns; killing its actor after this long is the only way out.
+    shard_timeout: float | None = 3600.0
+    # Recycling actors contains slow leaks in native decoders (0: never).
+    max_shards_per_actor: int = 50
+    address: str | None = None
+    overwrite: bool = False
+    # Skip checking committed shards' inputs for changes (a request per shard on an object store).
+    trust_committed: bool = False
+    # Recompute `passed` of a cache whose job differs only in thresholds, instead of refusing it.
+    rethreshold: bool = False
+    prefetch_samples: int = 4
+    verbose: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_actors < 1:
+            raise UsageError("--num-actors must be at least 1")
+        if self.cpus_per_actor <= 0:
+            raise UsageError("--cpus-per-actor must be positive")
+        if self.gpus_per_actor < 0:
+            raise UsageError("--gpus-per-actor cannot be negative")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.max_retries < 0:
+            raise UsageError("--max-retries cannot be negative")
+        if self.shard_timeout is not None and self.shard_timeout <= 0:
+            raise UsageError("--shard-timeout must be positive")
+        if self.max_shards_per_actor < 0:
+            raise UsageError("--max-shards-per-actor cannot be negative")
+        if self.rethreshold and self.overwrite:
+            raise UsageError("--rethreshold keeps the cache and --overwrite deletes it: choose one")
