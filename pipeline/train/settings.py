@@ -1,0 +1,67 @@
+"""`TrainSettings`: every loss weight, optimizer setting and schedule of VAE / discriminator training."""
+
+import math
+from dataclasses import dataclass
+
+from pipeline.errors import UsageError
+from vae.losses import DISC_LOSS_TYPES
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Defaults are Open-Sora's where `vae.losses` encodes them (the loss weights, `disc_start`, hinge). The
+    optimizer, clipping and EMA defaults follow Open-Sora's VAE training configs: AdamW at 1e-5 with PyTorch's
+    betas and no weight decay, gradient norm clipped to 1.0, EMA decay 0.99, no warm-up."""
+
+    # VAELoss: (L1 + perceptual_loss_weight * LPIPS) / exp(logvar) + logvar, plus kl_loss_weight * KL.
+    perceptual_loss_weight: float = 1.0
+    kl_loss_weight: float = 5e-4
+    logvar_init: float = 0.0
+    # The adversarial terms, both zero before disc_start (the generator's term starts at the same step).
+    disc_start: int = 2001
+    disc_factor: float = 1.0
+    disc_weight: float = 0.5
+    disc_loss_type: str = "hinge"
+    # Only with "wgan-gp": the penalty on random interpolates of real and reconstructed clips.
+    gradient_penalty_weight: float = 0.0
+    # AdamW, one per network, each with a linear warm-up over its own first `warmup_steps` updates.
+    vae_lr: float = 1e-5
+    disc_lr: float = 1e-5
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    # Max total gradient norm per network per update; math.inf measures the norm without clipping.
+    grad_clip_norm: float = 1.0
+    ema_decay: float = 0.99
+    # Train only the discriminator, against the reconstructions of a VAE whose weights stay as loaded.
+    freeze_vae: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("perceptual_loss_weight", "kl_loss_weight", "disc_factor", "disc_weight", "weight_decay",
+                     "gradient_penalty_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("vae_lr", "disc_lr", "adam_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be a finite number > 0, got {value}")
+        if not math.isfinite(self.logvar_init):
+            raise UsageError(f"logvar_init must be finite, got {self.logvar_init}")
+        for name in ("disc_start", "warmup_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.disc_loss_type not in DISC_LOSS_TYPES:
+            raise UsageError(f"disc_loss_type must be one of {', '.join(DISC_LOSS_TYPES)}, got {self.disc_loss_type!r}")
+        if self.gradient_penalty_weight > 0 and self.disc_loss_type != "wgan-gp":
+            raise UsageError(
+                f"gradient_penalty_weight > 0 needs disc_loss_type 'wgan-gp', got {self.disc_loss_type!r}"
+            )
+        if len(self.adam_betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
+            raise UsageError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if not self.grad_clip_norm > 0:  # also rejects NaN; inf is allowed
+            raise UsageError(f"grad_clip_norm must be > 0 (inf for no clipping), got {self.grad_clip_norm}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise UsageError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
