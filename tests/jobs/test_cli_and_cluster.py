@@ -12,6 +12,9 @@ from pipeline.cache.manifest import MANIFEST_NAME
 from tests.media import encode_mp4, moving_pattern
 from tests.processes import HUNG_AFTER_S, ROOT, run_job, start_cluster
 
+# Whole jobs as processes and on a multi-node cluster: tens of seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def video_folder(tmp_path_factory) -> Path:

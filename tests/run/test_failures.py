@@ -25,6 +25,9 @@ from tests.processes import (
     wait_for,
 )
 
+# Real Ray failures (dead actors, hung decoders, lost nodes, a killed driver): tens of seconds each.
+pytestmark = pytest.mark.slow
+
 SETTINGS = EncodeSettings(vae="tiny", allow_random_weights=True, num_frames=4, resolution="32")
 ENCODE_ARGS = ["--vae", "tiny", "--allow-random-weights", "--num-frames", "4", "--resolution", "32", "--no-progress"]
 

@@ -12,6 +12,9 @@ from tests.cache_checks import assert_every_sample_once
 from tests.media import write_video_shards
 from tests.processes import HUNG_AFTER_S, job_process, run_job, wait_for
 
+# Whole jobs as processes, interrupted and rerun: tens of seconds each.
+pytestmark = pytest.mark.slow
+
 ENCODE_ARGS = ["--vae", "tiny", "--allow-random-weights", "--num-frames", "4", "--resolution", "32",
                "--num-actors", "1", "--cpus-per-actor", "1", "--no-progress"]
 

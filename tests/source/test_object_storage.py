@@ -33,6 +33,7 @@ def _encode(env: dict, *args: str) -> subprocess.CompletedProcess:
                    "--scores", "psnr", "--no-progress", "--num-actors", "2", "--cpus-per-actor", "1", *args, env=env)
 
 
+@pytest.mark.slow
 def test_s3_in_s3_out_with_atomic_commit_and_resume(s3):
     fs, env, expected = s3
     # The first attempt at one shard dies mid-shard: its temporary object must not survive.
