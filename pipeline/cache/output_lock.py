@@ -158,8 +158,7 @@ class OutputLock:
             try:
                 fs.pipe_file(path, json.dumps(asdict(holder)).encode(), mode="create")
             except FileExistsError:
-                with self.location.open("rb") as handle:
-                    current = _parse_holder(handle.read())
+                current = self._lease_holder()
                 if current is not None and not current.is_gone():
                     raise OutputLockedError(self._locked_message(current)) from None
                 # Lapsed, or its holder is dead: remove it and race for a fresh one.
@@ -172,12 +171,15 @@ class OutputLock:
             return
         raise OutputLockedError(f"{self.output.url}: another job keeps taking the lease {self.location.url}")
 
+    def _lease_holder(self) -> LockHolder | None:
+        with self.location.open("rb") as handle:
+            return _parse_holder(handle.read())
+
     def _renew(self) -> None:
         while not self._stop_renewing.wait(self.lease_seconds / 3):
             assert self._holder is not None
             try:
-                with self.location.open("rb") as handle:
-                    current = _parse_holder(handle.read())
+                current = self._lease_holder()
                 if current is None or current.token != self._holder.token:
                     print(f"warning: the lease {self.location.url} was taken by another job "
                           f"({current.describe() if current else 'unreadable'})", file=sys.stderr)
@@ -202,8 +204,7 @@ class OutputLock:
             self._stop_renewing.set()
             if self._renewer is not None:
                 self._renewer.join()
-            with self.location.open("rb") as handle:
-                current = _parse_holder(handle.read())
+            current = self._lease_holder()
             if current is not None and current.token == self._holder.token:
                 self.location.remove()
         self._holder = None
