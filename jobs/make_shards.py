@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pattern", default="shard-{:05d}.tar", help="tar name, formatted with the shard index")
     parser.add_argument("--overwrite", action="store_true",
                         help="remove the *.tar files OUT_DIR already holds first (refused otherwise)")
+    parser.add_argument("--images", action="store_true",
+                        help="also pack still images (.jpg/.jpeg/.png/.webp), one sample each, for training")
     return parser
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         shards = pack_videos_into_shards(args.src_dir, args.out_dir, args.samples_per_shard, args.pattern,
-                                         overwrite=args.overwrite)
+                                         overwrite=args.overwrite, include_images=args.images)
         for shard in shards:
             print(shard)
         print(f"wrote {len(shards)} shard(s) to {args.out_dir}", file=sys.stderr)

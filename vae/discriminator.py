@@ -5,6 +5,7 @@ and the whole network is one `nn.Sequential` named `main`, so checkpoints hold `
 """
 
 import os
+import re
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,10 @@ from vae.checkpoint import load_state_dict_file, load_weights_strictly
 # Stripped, repeatedly, while every key of a discriminator file starts with one of them: DDP's `module.`,
 # torch.compile's `_orig_mod.`, and `discriminator.` for checkpoints that nest it under that name.
 KEY_PREFIXES = ("module.", "_orig_mod.", "discriminator.")
+
+# Open-Sora 2.0's size: 64 channels after the first conv, 5 layers (18.8M parameters).
+DEFAULT_NDF = 64
+DEFAULT_N_LAYERS = 5
 
 
 def weights_init(module: nn.Module) -> None:
@@ -39,8 +44,8 @@ class NLayerDiscriminator3D(nn.Module):
     def __init__(
         self,
         input_nc: int = 1,
-        ndf: int = 64,
-        n_layers: int = 5,
+        ndf: int = DEFAULT_NDF,
+        n_layers: int = DEFAULT_N_LAYERS,
         norm_layer: type[nn.Module] = nn.BatchNorm3d,
         dropout: float = 0.30,
     ):
@@ -79,25 +84,46 @@ def _block(
 def load_discriminator(
     path: str | os.PathLike,
     input_nc: int = 3,
-    ndf: int = 64,
-    n_layers: int = 5,
+    ndf: int | None = None,
+    n_layers: int | None = None,
     dropout: float = 0.30,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> NLayerDiscriminator3D:
     """An `NLayerDiscriminator3D` in eval mode without gradients, from a checkpoint file holding exactly its keys.
 
-    Keys may carry the prefixes in `KEY_PREFIXES`; BatchNorm's `num_batches_tracked` counters may be absent
-    (they do not affect eval). Any other missing, unexpected or mis-shaped key is a ValueError naming the file.
+    `ndf` and `n_layers` left as None are read from the file's shapes (see `_infer_size`); given ones are
+    checked against it like every other key. Keys may carry the prefixes in `KEY_PREFIXES`; BatchNorm's
+    `num_batches_tracked` counters may be absent (they do not affect eval). Any other missing, unexpected
+    or mis-shaped key is a ValueError naming the file.
     """
-    model = NLayerDiscriminator3D(input_nc=input_nc, ndf=ndf, n_layers=n_layers, dropout=dropout)
     state_dict = _strip_prefixes(load_state_dict_file(path))
+    inferred_ndf, inferred_n_layers = _infer_size(state_dict)
+    model = NLayerDiscriminator3D(
+        input_nc=input_nc,
+        ndf=inferred_ndf if ndf is None else ndf,
+        n_layers=inferred_n_layers if n_layers is None else n_layers,
+        dropout=dropout,
+    )
     for key, value in model.state_dict().items():
         if key.endswith(".num_batches_tracked"):
             state_dict.setdefault(key, value)
     load_weights_strictly(model, state_dict, source=str(path))
     model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
+
+
+def _infer_size(state_dict: dict[str, Tensor]) -> tuple[int, int]:
+    """(ndf, n_layers) of the network that saved `state_dict`: the first conv's output channels, and its count
+    of convs (the 5-D `main.{N}.weight`s) less the first and the last.
+
+    A file without that shape gives the constructor's defaults, so that strict loading names what is wrong.
+    """
+    first = state_dict.get("main.0.weight")
+    convs = [k for k, v in state_dict.items() if re.fullmatch(r"main\.\d+\.weight", k) and v.ndim == 5]
+    if first is None or first.ndim != 5 or len(convs) < 3:
+        return DEFAULT_NDF, DEFAULT_N_LAYERS
+    return first.shape[0], len(convs) - 2
 
 
 def _strip_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

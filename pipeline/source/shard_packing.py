@@ -1,4 +1,5 @@
-"""Packing a folder of videos (with `.json` / `.txt` sidecars) into deterministic webdataset tars."""
+"""Packing a folder of videos (with `.json` / `.txt` sidecars), and optionally still images, into deterministic
+webdataset tars."""
 
 import os
 import tarfile
@@ -6,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.errors import UsageError
-from pipeline.source.shard_reader import VIDEO_EXTENSIONS
+from pipeline.source.shard_reader import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 SIDECAR_EXTENSIONS = ("json", "txt")
 
@@ -54,8 +55,10 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def pack_videos_into_shards(src_dir: str | Path, out_dir: str | Path, samples_per_shard: int = 100,
-                            pattern: str = "shard-{:05d}.tar", overwrite: bool = False) -> list[Path]:
-    """Pack every video under src_dir (recursive, sorted by path) into webdataset tars, one sample each.
+                            pattern: str = "shard-{:05d}.tar", overwrite: bool = False,
+                            include_images: bool = False) -> list[Path]:
+    """Pack every video (and with `include_images` every still image) under src_dir (recursive, sorted by
+    path) into webdataset tars, one sample each.
 
     Hidden files and folders are skipped. A video's `.json` and `.txt` sidecars (same folder, same
     stem) join its sample. The key is the
@@ -71,13 +74,14 @@ def pack_videos_into_shards(src_dir: str | Path, out_dir: str | Path, samples_pe
         raise PackingError(f"pattern {pattern!r} gives every shard the same name; put {{:05d}} in it")
     if not src.is_dir():
         raise PackingError(f"{src} is not a folder")
+    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS if include_images else VIDEO_EXTENSIONS
     videos = sorted((path for path in src.rglob("*")
-                     if path.is_file() and path.suffix[1:].lower() in VIDEO_EXTENSIONS
+                     if path.is_file() and path.suffix[1:].lower() in wanted
                      # hidden files include macOS `._name.mp4` resource forks, which are not videos
                      and not any(part.startswith(".") for part in path.relative_to(src).parts)),
                     key=lambda path: path.relative_to(src).as_posix())
     if not videos:
-        raise PackingError(f"no video files under {src} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+        raise PackingError(f"no video files under {src} (looked for {', '.join(sorted(wanted))})")
     keyed: dict[str, Path] = {}
     for video in videos:
         key = _sample_key(video.relative_to(src))

@@ -25,6 +25,8 @@ from pipeline.storage import locate
 # Extensions (the last dot-component of a member's extension) that hold a video container.
 VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "3gp",
                               "wmv", "ogv"})
+# Extensions of still images, which training can mix in (`jobs.train_vae --image-ratio`).
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 DEFAULT_MAX_MEMBER_BYTES = 2 * 1024**3
 
 # webdataset's rule (tariterators.base_plus_ext): the key runs to the first dot of the basename.
@@ -48,6 +50,13 @@ class ShardSample:
         for extension, data in self.members.items():
             if extension.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS:
                 return extension, data
+        return None
+
+    def image(self) -> bytes | None:
+        """Bytes of the first member whose last extension is a still image."""
+        for extension, data in self.members.items():
+            if extension.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                return data
         return None
 
     def caption(self) -> str | None:

@@ -34,3 +34,10 @@ class EMA:
     def state_dict(self) -> dict[str, Tensor]:
         """A copy of the averaged weights, keyed as the module's `state_dict()`."""
         return {name: value.clone() for name, value in self._state.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore averaged weights saved by `state_dict()` (a resumed run continues the same average)."""
+        if state.keys() != self._state.keys():
+            raise ValueError("EMA state keys differ from the module's state_dict keys")
+        for name, value in state.items():
+            self._state[name].copy_(value)

@@ -65,3 +65,58 @@ class TrainSettings:
             raise UsageError(f"grad_clip_norm must be > 0 (inf for no clipping), got {self.grad_clip_norm}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise UsageError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a training worker needs besides the loss settings: data, models, schedule and output."""
+
+    data: tuple[str, ...]  # shard URLs, split between workers
+    val_data: tuple[str, ...]  # held-out shards (whole videos never trained on)
+    out: str
+    vae: str
+    weights: str | None = None
+    disc_weights: str | None = None  # start the discriminator from these (its size read from the file)
+    disc_ndf: int = 64
+    disc_layers: int = 5
+    lpips_backbone: str | None = None
+    lpips_heads: str | None = None
+    num_frames: int = 16
+    frame_stride: int = 1
+    clips_per_video: int = 4
+    resolution: int = 256
+    crop: int = 256
+    image_ratio: float = 0.0
+    batch_size: int = 1
+    max_steps: int = 1000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    val_every: int = 500
+    val_clips: int = 8
+    log_every: int = 10
+    degrade_fakes: float = 0.0
+    max_bad_steps: int = 10
+    seed: int = 0
+    resume: bool = False
+    run_id: str = ""
+    threads_per_worker: int = 1
+    use_gpu: bool = False
+    settings: TrainSettings = TrainSettings()
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "frame_stride", "clips_per_video", "resolution", "crop", "batch_size",
+                     "max_steps", "checkpoint_every", "keep_checkpoints", "val_every", "val_clips", "log_every",
+                     "threads_per_worker", "disc_ndf", "disc_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.max_bad_steps < 0:
+            raise UsageError(f"--max-bad-steps must be >= 0, got {self.max_bad_steps}")
+        if self.crop > self.resolution:
+            raise UsageError(f"--crop {self.crop} is larger than --resolution {self.resolution}")
+        if not 0.0 <= self.image_ratio <= 1.0:
+            raise UsageError(f"--image-ratio must be in [0, 1], got {self.image_ratio}")
+        if not 0.0 <= self.degrade_fakes <= 1.0:
+            raise UsageError(f"--degrade-fakes must be in [0, 1], got {self.degrade_fakes}")
+        if self.settings.freeze_vae and self.weights is None:
+            raise UsageError("--freeze-vae trains a discriminator for a VAE's reconstructions: pass its --weights")

@@ -15,6 +15,8 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from pipeline.errors import UsageError
+from pipeline.train.data_parallel import DataParallel
+from pipeline.train.degrade import mix_fakes
 from pipeline.train.ema import EMA
 from pipeline.train.settings import TrainSettings
 from vae.distributions import DiagonalGaussianDistribution
@@ -66,12 +68,17 @@ class VAETrainer:
     `vae` is an `AutoEncoder2D` (video is folded into frames by its own encode/decode) or an `AutoEncoder3D`,
     e.g. from `vae.presets.load_model`; the trainer puts both networks in train mode and on `vae`'s device.
     `lpips` (with loaded weights) is needed when `settings.perceptual_loss_weight > 0`. On CUDA the forward
-    passes run under bf16 autocast; elsewhere in fp32.
+    passes run under bf16 autocast; elsewhere in fp32. With `degrade_fakes` P > 0 each fake the discriminator
+    sees is, with probability P, a degraded copy of its real clip (drawn from `fake_generator`, whose state
+    a checkpoint keeps). `data_parallel` averages gradients over workers; by default there is one.
     """
 
     def __init__(
-        self, vae: nn.Module, discriminator: nn.Module, settings: TrainSettings, lpips: nn.Module | None = None
+        self, vae: nn.Module, discriminator: nn.Module, settings: TrainSettings, lpips: nn.Module | None = None,
+        degrade_fakes: float = 0.0, data_parallel: DataParallel | None = None, seed: int = 0,
     ):
+        if not 0.0 <= degrade_fakes <= 1.0:
+            raise UsageError(f"--degrade-fakes must be a probability in [0, 1], got {degrade_fakes}")
         if settings.perceptual_loss_weight > 0 and lpips is None:
             raise UsageError("perceptual_loss_weight > 0 needs LPIPS weights: pass lpips, or set the weight to 0")
         self.settings = settings
@@ -106,6 +113,9 @@ class VAETrainer:
         self.disc_optimizer = self._adamw(self.discriminator, settings.disc_lr)
         self.disc_scheduler = LambdaLR(self.disc_optimizer, _linear_warmup(settings.warmup_steps))
         self.ema = EMA(vae, settings.ema_decay)
+        self.degrade_fakes = degrade_fakes
+        self.fake_generator = torch.Generator().manual_seed(seed)
+        self.data_parallel = data_parallel or DataParallel()
 
     def _adamw(self, model: nn.Module, lr: float) -> AdamW:
         s = self.settings
@@ -136,6 +146,10 @@ class VAETrainer:
         _check_finite(global_step, terms)
         if frozen:
             return GeneratorLosses(reconstruction, **terms, gen_loss=None, weighted_gen_loss=None)
+        if global_step < self.settings.disc_start:
+            # The adversarial term is weighted 0 until disc_start: skip the discriminator's forward pass.
+            zero = torch.zeros((), device=real.device)
+            return GeneratorLosses(reconstruction, **terms, gen_loss=zero, weighted_gen_loss=zero)
         with self._autocast(), _without_grads(self.discriminator):
             logits_fake = self.discriminator(reconstruction)
             weighted_gen_loss, gen_loss = self.gen_loss(logits_fake, terms["nll_loss"], self.last_layer, global_step)
@@ -145,6 +159,8 @@ class VAETrainer:
     def discriminator_loss(self, real: Tensor, fake: Tensor, global_step: int) -> Tensor:
         """`DiscriminatorLoss` on real and (detached) fake clips: zero before `disc_start`."""
         fake = fake.detach()
+        if global_step < self.settings.disc_start:
+            return torch.zeros((), device=real.device)  # zero until disc_start: no forward pass needed
         with self._autocast():
             logits_real = self.discriminator(real)
             logits_fake = self.discriminator(fake)
@@ -164,19 +180,32 @@ class VAETrainer:
         when a loss or gradient norm is NaN or Inf.
         """
         real = real.to(self.device)
-        generator = self.generator_losses(real, global_step)
-        disc_loss = self.discriminator_loss(real, generator.reconstruction, global_step)
-        _check_finite(global_step, {"disc_loss": disc_loss})
+        self.data_parallel.broadcast_buffers(self.discriminator)
+        failure: NonFiniteLossError | None = None
+        try:
+            generator = self.generator_losses(real, global_step)
+            fake = generator.reconstruction
+            if self.degrade_fakes > 0:
+                fake, _ = mix_fakes(real, fake, self.degrade_fakes, self.fake_generator)
+            disc_loss = self.discriminator_loss(real, fake, global_step)
+            _check_finite(global_step, {"disc_loss": disc_loss})
+        except NonFiniteLossError as error:
+            failure = error
+        # Every worker skips a step that is bad on any one of them, else the gradient all-reduce would hang.
+        if not self.data_parallel.all_true(failure is None, self.device):
+            raise failure or NonFiniteLossError(global_step, {"loss_on_another_worker": float("nan")})
         train_vae = self.vae_optimizer is not None
         train_disc = global_step >= self.settings.disc_start
         norms: dict[str, Tensor] = {}
         if train_vae:
             self.vae_optimizer.zero_grad(set_to_none=True)
             generator.total.backward()
+            self.data_parallel.average_gradients(self.vae)
             norms["vae_grad_norm"] = nn.utils.clip_grad_norm_(self.vae.parameters(), self.settings.grad_clip_norm)
         if train_disc:
             self.disc_optimizer.zero_grad(set_to_none=True)
             disc_loss.backward()
+            self.data_parallel.average_gradients(self.discriminator)
             norms["disc_grad_norm"] = nn.utils.clip_grad_norm_(
                 self.discriminator.parameters(), self.settings.grad_clip_norm
             )

@@ -137,3 +137,34 @@ def test_load_discriminator_refuses_pickled_objects(tmp_path):
     torch.save(dict(small_state_dict(), **{"main.0.bias": Payload()}), tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_discriminator(tmp_path / "evil.pt", ndf=8, n_layers=3)
+
+
+@pytest.mark.parametrize(("ndf", "n_layers"), [(16, 3), (64, 5)])
+def test_load_discriminator_infers_its_size_from_the_file(tmp_path, ndf, n_layers):
+    torch.manual_seed(0)
+    sd = NLayerDiscriminator3D(input_nc=3, ndf=ndf, n_layers=n_layers).state_dict()
+    save_file({"module." + k: v.contiguous() for k, v in sd.items()}, tmp_path / "disc.safetensors")
+    model = load_discriminator(tmp_path / "disc.safetensors")
+    assert model.main[0].out_channels == ndf
+    assert sum(isinstance(layer, nn.Conv3d) for layer in model.main) == n_layers + 2
+    for key, value in sd.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # Giving one size still infers the other.
+    assert model.state_dict().keys() == load_discriminator(tmp_path / "disc.safetensors", ndf=ndf).state_dict().keys()
+
+
+def test_load_discriminator_refuses_sizes_the_file_contradicts(tmp_path):
+    save_file({k: v.contiguous() for k, v in small_state_dict().items()}, tmp_path / "disc.safetensors")  # ndf=8, 3
+    with pytest.raises(ValueError, match=r"main\.0\.weight \(8, 3, 3, 3, 3\) vs \(16, 3, 3, 3, 3\)"):
+        load_discriminator(tmp_path / "disc.safetensors", ndf=16)
+    with pytest.raises(ValueError, match=r"missing keys: main\.15\.bias.*unexpected keys: main\.14\.bias"):
+        load_discriminator(tmp_path / "disc.safetensors", n_layers=4)
+    with pytest.raises(ValueError, match=r"missing keys: main\.10\.bias.*unexpected keys: main\.11\.bias"):
+        load_discriminator(tmp_path / "disc.safetensors", n_layers=2)
+
+
+def test_load_discriminator_without_a_first_conv_names_the_missing_keys(tmp_path):
+    # Nothing to infer from: the defaults are tried, and strict loading says what the file lacks.
+    save_file({"vae.conv_in.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "vae.safetensors")
+    with pytest.raises(ValueError, match=r"missing keys: main\.0\.bias.*unexpected keys: vae\.conv_in\.weight"):
+        load_discriminator(tmp_path / "vae.safetensors")

@@ -16,7 +16,7 @@ TINY = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=4)
 
 
 def test_presets():
-    assert set(PRESETS) == {"flux-ae", "sd-ae", "lightweight", "high-res", "tiny"}
+    assert set(PRESETS) == {"flux-ae", "sd-ae", "lightweight", "high-res", "small-f8", "tiny"}
     flux, sd = PRESETS["flux-ae"], PRESETS["sd-ae"]
     assert (flux.z_channels, flux.scale_factor, flux.shift_factor, flux.use_quant_conv) == (16, 0.3611, 0.1159, False)
     assert (sd.z_channels, sd.scale_factor, sd.shift_factor, sd.use_quant_conv) == (4, 0.18215, 0.0, True)
