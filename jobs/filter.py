@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from jobs.arguments import JobArgumentParser
-from jobs.exit_status import run_job
+from jobs.exit_status import RERUN_RESUMES, run_job
 from pipeline.cache.filter import FilterSettings, run_filter_job
 from pipeline.cache.filter_summary import format_filter_summary
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_filter_summary(report))
         return report.exit_status
 
-    return run_job(work, "the filter", resumable=True)
+    return run_job(work, "the filter", resume_hint=RERUN_RESUMES)
 
 
 if __name__ == "__main__":

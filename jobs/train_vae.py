@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_out(args)
             return _train(job, scaling, args.verbose)
 
-    return run_job(work, "the training job", resumable=True)
+    return run_job(work, "the training job", resume_hint="rerun with --resume to continue from the newest checkpoint")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from vae.checkpoint import load_state_dict_file
 from vae.conv3d import ChannelChunkConv3D
 from vae.distributions import DiagonalGaussianDistribution
 from vae.presets import PRESETS, PRESETS_3D, load_model
+from vae.shipped_weights import SHIPPED, shipped_weights
 
 __all__ = [
     "AutoEncoder2D",
@@ -14,6 +15,8 @@ __all__ = [
     "DiagonalGaussianDistribution",
     "PRESETS",
     "PRESETS_3D",
+    "SHIPPED",
     "load_model",
     "load_state_dict_file",
+    "shipped_weights",
 ]

@@ -26,6 +26,22 @@ def build_model(settings: EncodeSettings, device: str | torch.device | None = No
     return vae.load_model(settings.vae, weights=settings.weights, device=device)
 
 
+def with_shipped_weights(vae_spec: str, weights: str | None, disc_weights: str | None,
+                         random_weights: bool = False) -> tuple[str | None, str | None]:
+    """(weights, disc_weights) with the files shipped for preset `vae_spec` (`vae.SHIPPED`) filling in what the
+    user left out. A user's --weights keeps the shipped discriminator out too: it was trained against the
+    shipped VAE's reconstructions, not theirs."""
+    if weights is not None or random_weights:
+        return weights, disc_weights
+    try:
+        shipped = vae.shipped_weights(vae_spec)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+    if shipped is None:
+        return weights, disc_weights
+    return str(shipped.vae), disc_weights or str(shipped.discriminator)
+
+
 def default_num_frames(temporal_factor: int) -> int:
     """16 frames for a per-frame VAE; 4k+1 = 17 for a 4x causal temporal VAE."""
     return 16 if temporal_factor == 1 else 4 * temporal_factor + 1

@@ -194,6 +194,15 @@ _DEGRADE: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
 assert tuple(_DEGRADE) == DEGRADATIONS
 
 
+def degrade_with(name: str, clip: Tensor, generator: torch.Generator) -> Tensor:
+    """The degradation `name` (one of `DEGRADATIONS`) applied to `clip` (3, T, H, W) in [-1, 1]."""
+    if name not in _DEGRADE:
+        raise ValueError(f"unknown degradation {name!r}; choose from {', '.join(DEGRADATIONS)}")
+    _check_clip(clip)
+    _check_generator(generator)
+    return _DEGRADE[name](clip, generator)
+
+
 def degrade_clip(clip: Tensor, generator: torch.Generator) -> tuple[Tensor, str]:
     """clip: float (3, T, H, W) in [-1, 1] on any device; returns the degraded clip (same shape, dtype, device,
     values in [-1, 1]) and the name of the degradation applied, chosen uniformly from `DEGRADATIONS` (without

@@ -84,6 +84,26 @@ class _ProgressFromMetrics:
             bar.write(f"validation at step {record['step']}: {shown}")
 
 
+def _fit_interruptibly(trainer: Any) -> None:
+    """`trainer.fit()` on a thread: Ray Train's fit blocks where Python signal handlers never run, so SIGINT and
+    SIGTERM would wait for the end of training. The main thread waits in short joins and takes the signal;
+    the caller's `ray.shutdown()` then stops the workers."""
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # re-raised on the main thread
+            failure.append(error)
+
+    thread = threading.Thread(target=fit, name="train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if failure:
+        raise failure[0]
+
+
 def run_train_job(job: TrainJob, scaling: TrainScaling, verbose: bool = False) -> None:
     """Train on Ray (an embedded local one unless `scaling.address` or RAY_ADDRESS names a cluster)."""
     import ray
@@ -102,7 +122,7 @@ def run_train_job(job: TrainJob, scaling: TrainScaling, verbose: bool = False) -
         )
         with _ProgressFromMetrics(Path(job.out) / METRICS_FILE, job.max_steps):
             began = time.perf_counter()
-            trainer.fit()
+            _fit_interruptibly(trainer)
         print(f"trained to step {job.max_steps} in {time.perf_counter() - began:.0f} s")
     finally:
         if started:

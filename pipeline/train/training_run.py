@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import vae as vae_models
+from pipeline.encode.model_loading import check_num_frames
 from pipeline.errors import UsageError
 from pipeline.source.video_decode import ClipSampling
 from pipeline.train.batches import BatchStream, cursors_from
@@ -98,6 +99,7 @@ def check_before_start(job: TrainJob, world_size: int) -> None:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
             vae, discriminator, _ = build_models(job, torch.device("meta"), with_lpips=False)
+            check_num_frames(job.num_frames, vae.temporal_factor)
             checkpoint = _checkpoint_to_resume(job)
             if checkpoint is None:
                 return

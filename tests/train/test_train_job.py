@@ -2,6 +2,7 @@
 that is killed, resumed, and whose checkpoints then drive an encode job."""
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from pipeline.train.settings import TrainJob, TrainSettings
 from pipeline.train.training_log import read_metrics
 from pipeline.train.training_run import METRICS_FILE, run_training
 from tests.media import write_video_shards
-from tests.processes import job_process, kill_group, run_job, wait_for
+from tests.processes import HUNG_AFTER_S, job_process, kill_group, run_job, wait_for
 
 TINY = ["--vae", "tiny", "--num-frames", "4", "--clips-per-video", "2", "--resolution", "32", "--crop", "16",
         "--disc-ndf", "8", "--disc-layers", "2", "--disc-start", "1", "--lr", "1e-3", "--val-clips", "2"]
@@ -66,6 +67,8 @@ def test_usage_errors_exit_2_before_any_training(shards, tmp_path, capsys):
     assert status == 2 and "between 1 and the number of --data shards (4)" in err
     status, err = exit_status("--overwrite", "--crop", "64")
     assert status == 2 and "--crop 64 is larger than --resolution 32" in err
+    status, err = exit_status("--overwrite", "--vae", "tiny-3d", "--num-frames", "4")
+    assert status == 2 and "use 5" in err
     # Nothing was trained over or deleted by the refused runs.
     assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
 
@@ -109,3 +112,19 @@ def test_two_workers_on_ray_train_killed_resumed_and_encoded_with(shards, tmp_pa
     assert str(final / VAE_FILE) in manifest
     assert sha256_of_file(final / VAE_FILE) in manifest and sha256_of_file(final / DISC_FILE) in manifest
     assert set(load_file(final / VAE_FILE)) == set(load_file(final / "vae_ema.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_job_with_143_and_says_how_to_resume(shards, tmp_path):
+    out = tmp_path / "run"
+    args = ["jobs.train_vae", "--data", f"{shards['train']}/*.tar", "--out", str(out), *TINY, "--num-workers", "2",
+            "--checkpoint-every", "2", "--max-steps", "100000"]
+    with job_process(*args) as process:
+        wait_for(lambda: list_checkpoints(out), process)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=HUNG_AFTER_S)
+    assert process.returncode == 143, err
+    assert "--resume" in err
+    newest = list_checkpoints(out)[-1]
+    resumed = run_job(*args[:-2], "--max-steps", str(read_meta(newest)["step"] + 2), "--resume")
+    assert resumed.returncode == 0, resumed.stderr

@@ -181,3 +181,16 @@ def test_non_finite_losses_are_logged_with_their_clips_and_stop_the_run(shards, 
     assert len(bad) == 3
     assert all(len(record["keys"]) == 2 and all("#" in key for key in record["keys"]) for record in bad)
     assert bad[-1]["keys"][0] in str(raised.value)
+
+
+def test_a_causal_3d_vae_trains_and_resumes(shards, tmp_path):
+    job = make_job(shards, tmp_path / "out", vae="tiny-3d", num_frames=5, image_ratio=0.0, max_steps=2,
+                   checkpoint_every=1, val_every=2)
+    assert run_training(job) == 2
+    assert run_training(make_job(shards, tmp_path / "out", vae="tiny-3d", num_frames=5, image_ratio=0.0,
+                                 max_steps=3, checkpoint_every=1, resume=True, run_id="again")) == 3
+    config = json.loads((tmp_path / "out/checkpoints/step-00000003/vae_config.json").read_text())
+    assert config["_class_name"] == "AutoencoderKLHunyuanVideo"
+    model = vae_models.load_model(str(tmp_path / "out/checkpoints/step-00000003/vae_config.json"),
+                                  weights=tmp_path / "out/checkpoints/step-00000003" / VAE_FILE)
+    assert model.temporal_factor == 4
