@@ -6,6 +6,7 @@ and a test can call it in one process. Rank 0 writes logs and checkpoints; every
 
 import json
 import os
+import socket
 import time
 import warnings
 from collections import Counter
@@ -212,6 +213,7 @@ def run_training(job: TrainJob, device: torch.device | None = None) -> int:
         workers = parallel.all_gather({
             "torch_rng": torch.get_rng_state(), "fake_rng": trainer.fake_generator.get_state(),
             "cursors": batches.cursors(), "shards": shards, "clips_read": dict(clips_read),
+            "host": socket.gethostname(), "pid": os.getpid(),
         })
         if rank == 0:
             meta = {"run_id": job.run_id, "world_size": world, "bad_steps": bad_steps,

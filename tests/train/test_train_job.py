@@ -2,6 +2,7 @@
 that is killed, resumed, and whose checkpoints then drive an encode job."""
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -128,3 +129,21 @@ def test_sigterm_stops_the_job_with_143_and_says_how_to_resume(shards, tmp_path)
     newest = list_checkpoints(out)[-1]
     resumed = run_job(*args[:-2], "--max-steps", str(read_meta(newest)["step"] + 2), "--resume")
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_resumes_from_the_newest_checkpoint(shards, tmp_path):
+    out = tmp_path / "run"
+    args = ["jobs.train_vae", "--data", f"{shards['train']}/*.tar", "--out", str(out), *TINY, "--num-workers", "2",
+            "--checkpoint-every", "2", "--log-every", "1", "--max-steps", "16", "--max-failures", "1"]
+    with job_process(*args) as process:
+        wait_for(lambda: list_checkpoints(out), process)
+        worker = torch.load(list_checkpoints(out)[-1] / STATE_FILE, weights_only=True)["workers"][1]
+        os.kill(worker["pid"], signal.SIGKILL)
+        _, err = process.communicate(timeout=HUNG_AFTER_S)
+    assert process.returncode == 0, err
+    records = read_metrics(out / METRICS_FILE)
+    resume = max(i for i, r in enumerate(records) if r["kind"] == "resume")
+    resumed_at = records[resume]["step"]
+    assert [r["step"] for r in records[resume:] if r["kind"] == "train"] == list(range(resumed_at + 1, 17))
+    assert read_meta(list_checkpoints(out)[-1])["step"] == 16
