@@ -9,9 +9,11 @@ from vae.losses import DISC_LOSS_TYPES
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Defaults are Open-Sora's where `vae.losses` encodes them (the loss weights, `disc_start`, hinge). The
-    optimizer, clipping and EMA defaults follow Open-Sora's VAE training configs: AdamW at 1e-5 with PyTorch's
-    betas and no weight decay, gradient norm clipped to 1.0, EMA decay 0.99, no warm-up."""
+    """The loss weights, `disc_start` and hinge are the defaults of Open-Sora's loss classes (`vae.losses`);
+    Open-Sora's own VAE training configs override some of them (perceptual 0.1, KL 1e-6, and for its 2.0 VAE
+    WGAN-GP with disc_weight 0.05 from step 0): pass those as flags to train as it does. The learning rate
+    (1e-5) and clipping (max norm 1.0) are those configs' too; AdamW keeps PyTorch's betas, no weight decay,
+    no warm-up. Open-Sora keeps no EMA of its VAE; ours (decay 0.99) is saved beside the raw weights."""
 
     # VAELoss: (L1 + perceptual_loss_weight * LPIPS) / exp(logvar) + logvar, plus kl_loss_weight * KL.
     perceptual_loss_weight: float = 1.0

@@ -176,7 +176,7 @@ def run_training(job: TrainJob, device: torch.device | None = None) -> int:
         torch.set_rng_state(worker["torch_rng"])
         trainer.fake_generator.set_state(worker["fake_rng"])
         cursors = worker["cursors"]
-        clips_read.update(worker["clips_read"])
+        clips_read.update(worker.get("clips_read", {}))  # absent in checkpoints of earlier versions
         start, bad_steps = meta["step"], meta.get("bad_steps", [])
         recorder.append(METRICS_FILE, {"step": start, "kind": "resume", "checkpoint": str(checkpoint)})
     if start >= job.max_steps:
@@ -251,7 +251,8 @@ def run_training(job: TrainJob, device: torch.device | None = None) -> int:
             skipped_total = sum(parallel.all_gather(skipped["samples"]))
             record = {name: value / counted for name, value in sums.items()}
             recorder.append(METRICS_FILE, {"step": done, "kind": "train", **record, "clips_per_s": window_clips / seconds,
-                                           "skipped_samples": skipped_total, "bad_steps": len(bad_steps)})
+                                           "skipped_samples": skipped_total, "bad_steps": len(bad_steps),
+                                           "time": time.time()})
             window_began, window_clips, sums = time.perf_counter(), 0, Counter()
         if done % job.val_every == 0 or done == job.max_steps:
             run_validation(done)
