@@ -22,6 +22,7 @@ from pipeline.encode.settings import COMPUTE_DTYPES, EncodeSettings, RunSettings
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.run.job_summary import format_summary  # noqa: E402
 from pipeline.run.runner import JobReport, run_encode_job  # noqa: E402
+from vae.diffusers_vae import DIFFUSERS_CLASSES  # noqa: E402
 from vae.presets import PRESETS, PRESETS_3D  # noqa: E402
 
 
@@ -52,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--vae", required=True,
                        help=f"a preset ({', '.join([*PRESETS, *PRESETS_3D])}), a JSON file of AutoEncoderConfig "
-                            "fields, or a diffusers config.json (AutoencoderKLHunyuanVideo)")
+                            "fields, a diffusers config.json (AutoencoderKLHunyuanVideo natively; "
+                            f"{', '.join(DIFFUSERS_CLASSES)} through the `diffusers` extra) or a diffusers VAE folder "
+                            "(config.json + diffusion_pytorch_model.safetensors)")
     model.add_argument("--weights", help="checkpoint (.safetensors; .pt/.pth loaded with weights_only); default for "
-                                         "small-f8: the weights in weights/small-f8/ (with its --disc-weights)")
+                                         "small-f8: the weights in weights/small-f8/ (with its --disc-weights); "
+                                         "for a diffusers VAE folder: its diffusion_pytorch_model.safetensors")
     model.add_argument("--allow-random-weights", action="store_true", help="encode with seeded random weights (tests, demos)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     model.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto", help="auto: bf16 on GPU, fp32 on CPU")
@@ -154,8 +158,8 @@ def run_from_args(args: argparse.Namespace) -> JobReport:
     args.weights, args.disc_weights = with_shipped_weights(args.vae, args.weights, args.disc_weights,
                                                            args.allow_random_weights)
     if weights is None and args.weights is not None:
-        print(f"using the weights that ship for --vae {args.vae}: {args.weights} (and {args.disc_weights})",
-              file=sys.stderr)
+        also = f" (and {args.disc_weights})" if args.disc_weights else ""
+        print(f"using the weights that ship for --vae {args.vae}: {args.weights}{also}", file=sys.stderr)
     try:
         settings, run = settings_from_args(args)
     except ValueError as exc:  # a bad --scores list

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the shipped `small-f8` VAE and its discriminator on footage and images available offline, measures
-# them on held-out data and writes weights/small-f8/ (weights + card.json). CPU only, about 1.5 hours on
+# them on held-out data and writes weights/small-f8/ (weights + card.json). CPU only, about 1.2 hours on
 # 2 cores. Rerunning it after an interruption resumes each training run from its newest checkpoint.
 #   bash scripts/setup.sh dev && .venv/bin/pip install scikit-image && bash scripts/train_default_weights.sh [WORK_DIR]
 set -euo pipefail
@@ -29,7 +29,7 @@ DATA=(--data "$WORK/shards/train/*.tar" --val-data "$WORK/shards/val/*.tar" --nu
 #    steps on still images. No LPIPS weights exist offline; no adversarial term (the discriminator comes next).
 began=$(date +%s)
 $PY -m jobs.train_vae "${DATA[@]}" --out "$WORK/vae" --vae small-f8 --resolution 128 --crop 64 --image-ratio 0.25 \
-  --lr 2e-4 --warmup-steps 100 --disc-start 1000000 --max-steps 4000 --checkpoint-every 250 --val-every 250 \
+  --lr 2e-4 --warmup-steps 100 --disc-start 1000000 --max-steps 3000 --checkpoint-every 250 --val-every 250 \
   "$(continue_or_start "$WORK/vae")"
 VAE_SECONDS=$(seconds "$began")
 VAE_CKPT=$(ls -d "$WORK"/vae/checkpoints/step-* | tail -1)

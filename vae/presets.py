@@ -12,6 +12,12 @@ from torch import nn
 from vae.autoencoder_2d import AutoEncoder2D, AutoEncoderConfig
 from vae.autoencoder_3d import DOWN_BLOCK, UP_BLOCK, AutoEncoder3D, AutoEncoder3DConfig
 from vae.checkpoint import load_state_dict_file, load_weights_strictly
+from vae.diffusers_vae import (
+    CONFIG_NAME,
+    DIFFUSERS_CLASSES,
+    diffusers_folder_weights,
+    diffusers_vae_from_config,
+)
 
 PRESETS: dict[str, AutoEncoderConfig] = {
     "flux-ae": AutoEncoderConfig(
@@ -57,22 +63,32 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """A VAE in eval mode without gradients, from a preset name, a dict of config fields or a JSON file.
+    """A VAE in eval mode without gradients, from a preset name, a dict of config fields, a JSON file or a
+    diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors`, a model repo's `vae/`).
 
-    A dict or JSON file with `_class_name: AutoencoderKLHunyuanVideo` (diffusers' `vae/config.json`) gives
-    the causal 3D VAE; any other dict gives the 2D autoencoder.
+    A diffusers config (`_class_name`) of `AutoencoderKLHunyuanVideo` gives the native causal 3D VAE; one of
+    `DIFFUSERS_CLASSES` gives a `DiffusersVAE` (needs the `diffusers` extra); any dict without `_class_name`
+    gives the 2D autoencoder.
 
-    Without `weights` the model is randomly initialised; with them every key must match.
+    Without `weights` (or a folder's weights file) the model is randomly initialised; with them every key
+    must match. Nothing is downloaded.
     """
     config = _config(spec)
-    model = AutoEncoder3D(config) if isinstance(config, AutoEncoder3DConfig) else AutoEncoder2D(config)
-    if weights is not None:
-        load_weights_strictly(model, load_state_dict_file(weights), source=str(weights))
+    if isinstance(config, dict):
+        model = diffusers_vae_from_config(config, source=str(spec) if not isinstance(spec, dict) else "config dict")
+        weights = weights if weights is not None else diffusers_folder_weights(spec)
+        if weights is not None:
+            model.load_weights(load_state_dict_file(weights), source=str(weights))
+    else:
+        model = AutoEncoder3D(config) if isinstance(config, AutoEncoder3DConfig) else AutoEncoder2D(config)
+        if weights is not None:
+            load_weights_strictly(model, load_state_dict_file(weights), source=str(weights))
     model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
 
 
-def _config(spec: str | dict[str, Any] | os.PathLike) -> AutoEncoderConfig | AutoEncoder3DConfig:
+def _config(spec: str | dict[str, Any] | os.PathLike) -> AutoEncoderConfig | AutoEncoder3DConfig | dict[str, Any]:
+    """The native config dataclass, or the config dict of a class run through diffusers."""
     if isinstance(spec, dict):
         return _config_from_fields(spec, source="config dict")
     if isinstance(spec, str) and spec in PRESETS:
@@ -81,6 +97,11 @@ def _config(spec: str | dict[str, Any] | os.PathLike) -> AutoEncoderConfig | Aut
     if isinstance(spec, str) and spec in PRESETS_3D:
         return _config_3d_from_fields(vars(PRESETS_3D[spec]), source=f"preset {spec!r}")
     path = Path(spec)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"VAE folder {path} has no {CONFIG_NAME} (a diffusers VAE folder holds "
+                                    f"{CONFIG_NAME} and diffusion_pytorch_model.safetensors)")
+        path = path / CONFIG_NAME
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"VAE config file not found: {path}")
@@ -89,12 +110,16 @@ def _config(spec: str | dict[str, Any] | os.PathLike) -> AutoEncoderConfig | Aut
     raise ValueError(f"unknown VAE preset {spec!r}; presets: {presets} (or pass a dict or a .json path)")
 
 
-def _config_from_fields(values: dict[str, Any], source: str) -> AutoEncoderConfig | AutoEncoder3DConfig:
+def _config_from_fields(
+    values: dict[str, Any], source: str
+) -> AutoEncoderConfig | AutoEncoder3DConfig | dict[str, Any]:
     if "_class_name" in values:
+        if values["_class_name"] in DIFFUSERS_CLASSES:
+            return values
         if values["_class_name"] != DIFFUSERS_CLASS_3D:
             raise ValueError(
-                f"{source} is a diffusers config for {values['_class_name']}; of diffusers configs only "
-                f"{DIFFUSERS_CLASS_3D} (the causal 3D VAE) is supported"
+                f"{source} is a diffusers config for {values['_class_name']}; supported diffusers configs: "
+                f"{DIFFUSERS_CLASS_3D} (the causal 3D VAE, native), {', '.join(DIFFUSERS_CLASSES)} (through diffusers)"
             )
         fields_3d = {k: v for k, v in values.items() if not k.startswith("_") and k not in _IGNORED_DIFFUSERS_FIELDS}
         return _config_3d_from_fields(fields_3d, source)

@@ -28,9 +28,12 @@ def build_model(settings: EncodeSettings, device: str | torch.device | None = No
 
 def with_shipped_weights(vae_spec: str, weights: str | None, disc_weights: str | None,
                          random_weights: bool = False) -> tuple[str | None, str | None]:
-    """(weights, disc_weights) with the files shipped for preset `vae_spec` (`vae.SHIPPED`) filling in what the
-    user left out. A user's --weights keeps the shipped discriminator out too: it was trained against the
+    """(weights, disc_weights) with the files shipped for preset `vae_spec` (`vae.SHIPPED`), or the weights file
+    of a diffusers VAE folder, filling in what the user left out. A user's --weights keeps the shipped discriminator out too: it was trained against the
     shipped VAE's reconstructions, not theirs."""
+    if weights is None and (folder := vae.diffusers_folder_weights(vae_spec)) is not None:
+        # A diffusers VAE folder carries its own weights file: the one the model loads either way.
+        return str(folder), disc_weights
     if weights is not None or random_weights:
         return weights, disc_weights
     try:
@@ -47,16 +50,18 @@ def default_num_frames(temporal_factor: int) -> int:
     return 16 if temporal_factor == 1 else 4 * temporal_factor + 1
 
 
-def check_num_frames(num_frames: int, temporal_factor: int) -> None:
-    """A causal VAE compressing time by f takes 1 + f*k frames."""
-    if temporal_factor == 1 or (num_frames - 1) % temporal_factor == 0:
+def check_num_frames(num_frames: int, temporal_factor: int, frame_step: int | None = None) -> None:
+    """A causal VAE compressing time by f takes 1 + f*k frames (1 + frame_step*k where its decoder needs more,
+    as CogVideoX's does)."""
+    step = frame_step or temporal_factor
+    if step == 1 or (num_frames - 1) % step == 0:
         return
-    below = 1 + (num_frames - 1) // temporal_factor * temporal_factor
-    above = below + temporal_factor
+    below = 1 + (num_frames - 1) // step * step
+    above = below + step
     nearest = f"{below} or {above}" if below > 1 else f"{above}"
     raise UsageError(
         f"--num-frames {num_frames} does not fit a VAE that compresses time by {temporal_factor} "
-        f"(it takes 1 + {temporal_factor}k frames); use {nearest}"
+        f"(it takes 1 + {step}k frames); use {nearest}"
     )
 
 
@@ -73,20 +78,27 @@ def describe_vae(settings: EncodeSettings) -> dict[str, Any]:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
             model = vae.load_model(settings.vae, weights=settings.weights)
-    except (ValueError, KeyError, OSError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (ValueError, KeyError, OSError, TypeError, RuntimeError, ImportError, pickle.UnpicklingError) as exc:
         raise UsageError(f"--vae {settings.vae!r} with --weights {settings.weights!r}: {exc}") from exc
-    weights_sha256 = None if settings.weights is None else sha256_of_file(settings.weights)
+    # A diffusers VAE folder loads its own weights file when --weights names none.
+    weights = settings.weights if settings.weights is not None else vae.diffusers_folder_weights(settings.vae)
+    weights = None if weights is None else str(weights)
     config = model.config
-    return {
+    description = {
         "kind": model.kind,
         "spec": settings.vae,
         "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
-        "weights": settings.weights,
-        "weights_sha256": weights_sha256,
-        "random_init_seed": settings.seed if settings.weights is None else None,
+        "weights": weights,
+        "weights_sha256": None if weights is None else sha256_of_file(weights),
+        "random_init_seed": settings.seed if weights is None else None,
         "scale_factor": float(config.scale_factor),
         "shift_factor": float(config.shift_factor),
         "spatial_factor": int(model.spatial_factor),
         "temporal_factor": int(model.temporal_factor),
         "latent_channels": int(model.latent_channels),
     }
+    frame_step = int(getattr(model, "frame_step", model.temporal_factor))
+    if frame_step != model.temporal_factor:
+        # Only where it differs (CogVideoX), so that other VAEs' descriptions, part of the job hash, stay as they were.
+        description["frame_step"] = frame_step
+    return description

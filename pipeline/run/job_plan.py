@@ -233,7 +233,7 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
     vae_description = describe_vae(settings)
     if settings.num_frames is None:
         settings = replace(settings, num_frames=default_num_frames(vae_description["temporal_factor"]))
-    check_num_frames(settings.num_frames, vae_description["temporal_factor"])
+    check_num_frames(settings.num_frames, vae_description["temporal_factor"], vae_description.get("frame_step"))
     _check_resolution(settings.resolution, vae_description["spatial_factor"])
     try:
         urls = expand_input_spec(input_spec)

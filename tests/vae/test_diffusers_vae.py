@@ -1,0 +1,352 @@
+"""diffusers' VAEs behind `vae.load_model`, checked against the diffusers classes themselves at tiny configs."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+diffusers = pytest.importorskip("diffusers")
+
+import vae  # noqa: E402
+from pipeline.cache.reader import LatentDataset  # noqa: E402
+from pipeline.encode.clip_encoding import ClipEncoder  # noqa: E402
+from pipeline.encode.model_loading import (  # noqa: E402
+    build_model,
+    check_num_frames,
+    describe_vae,
+    with_shipped_weights,
+)
+from pipeline.encode.scoring import ScoreSettings  # noqa: E402
+from pipeline.encode.settings import EncodeSettings  # noqa: E402
+from pipeline.encode.shard_encoder import ShardEncoder  # noqa: E402
+from pipeline.errors import UsageError  # noqa: E402
+from pipeline.run.job_plan import plan_job  # noqa: E402
+from tests.media import encode_mp4, moving_pattern, write_tar  # noqa: E402
+from vae import DIFFUSERS_CLASSES, DiffusersVAE, load_model  # noqa: E402
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+# Small random-init configs of each class, each encoding and decoding a clip in well under a second on a CPU.
+# Per-channel statistics are given as many values as latent channels (the published ones are for 16 or 12).
+TINY = {
+    "wan": dict(_class_name="AutoencoderKLWan", base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+                latents_std=[1.5, 0.5, 2.0, 1.0]),
+    # Wan 2.2 TI2V-5B's layout: residual blocks, 2x2 patchify in front (12 input channels), spatial factor 16.
+    "wan2.2": dict(_class_name="AutoencoderKLWan", base_dim=8, decoder_base_dim=16, z_dim=4, dim_mult=[1, 1, 1, 1],
+                   num_res_blocks=1, temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                   in_channels=12, out_channels=12, scale_factor_spatial=16, latents_mean=[0.0] * 4,
+                   latents_std=[1.0] * 4),
+    "hunyuanvideo15": dict(_class_name="AutoencoderKLHunyuanVideo15", latent_channels=4,
+                           block_out_channels=[8, 8, 16, 16, 16], layers_per_block=1),
+    "ltx": dict(_class_name="AutoencoderKLLTXVideo", latent_channels=8, block_out_channels=[8, 8, 8, 8],
+                decoder_block_out_channels=[8, 8, 8, 8], layers_per_block=[1] * 5, decoder_layers_per_block=[1] * 5),
+    # LTX-Video 0.9.5's layout: separate spatial/temporal downsamplers and a timestep-conditioned decoder.
+    "ltx0.9.5": dict(_class_name="AutoencoderKLLTXVideo", latent_channels=8, block_out_channels=[8] * 5,
+                     down_block_types=["LTXVideo095DownBlock3D"] * 4, decoder_block_out_channels=[8, 16, 32],
+                     layers_per_block=[1] * 5, decoder_layers_per_block=[1] * 4,
+                     spatio_temporal_scaling=[True] * 4, decoder_spatio_temporal_scaling=[True] * 3,
+                     decoder_inject_noise=[False] * 4,
+                     downsample_type=["spatial", "temporal", "spatiotemporal", "spatiotemporal"],
+                     upsample_residual=[True] * 3, upsample_factor=[2] * 3, timestep_conditioning=True),
+    "ltx2": dict(_class_name="AutoencoderKLLTX2Video", latent_channels=8, block_out_channels=[8, 16, 32, 64],
+                 decoder_block_out_channels=[8, 16, 32], layers_per_block=[1] * 5, decoder_layers_per_block=[1] * 4),
+    "cogvideox": dict(_class_name="AutoencoderKLCogVideoX", block_out_channels=[8, 8, 8],
+                      down_block_types=["CogVideoXDownBlock3D"] * 3, up_block_types=["CogVideoXUpBlock3D"] * 3,
+                      layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_height=64, sample_width=64,
+                      scaling_factor=0.7, shift_factor=0.1),
+    # Mochi's norms have 32 groups, so its channels are multiples of 32.
+    "mochi": dict(_class_name="AutoencoderKLMochi", encoder_block_out_channels=[32] * 4,
+                  decoder_block_out_channels=[32] * 4, latent_channels=4, layers_per_block=[1] * 5,
+                  latents_mean=[0.0, 0.1, 0.2, 0.3], latents_std=[1.0, 0.9, 0.8, 0.7]),
+    "kl": dict(_class_name="AutoencoderKL", block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+               up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4,
+               sample_size=32, scaling_factor=0.3611, shift_factor=0.1159),
+}
+# (spatial factor, temporal factor, frame step, latent channels) of each, and the clip (T, H=W) it is tested on.
+EXPECTED = {
+    "wan": ((8, 4, 4, 4), (5, 16)),
+    "wan2.2": ((16, 4, 4, 4), (5, 32)),
+    "hunyuanvideo15": ((16, 4, 4, 4), (5, 32)),
+    "ltx": ((32, 8, 8, 8), (9, 64)),
+    "ltx0.9.5": ((32, 8, 8, 8), (9, 64)),
+    "ltx2": ((32, 8, 8, 8), (9, 64)),
+    "cogvideox": ((4, 4, 8, 4), (9, 16)),
+    "mochi": ((8, 6, 6, 4), (7, 16)),
+    "kl": ((2, 1, 1, 4), (2, 16)),
+}
+
+
+def reference(name: str, seed: int = 0) -> torch.nn.Module:
+    """The diffusers model itself, with every weight randomised (some layers start at zero)."""
+    config = TINY[name]
+    torch.manual_seed(seed)
+    model = getattr(diffusers, config["_class_name"]).from_config(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model
+
+
+def write_folder(folder: Path, name: str, seed: int = 0) -> torch.nn.Module:
+    """A diffusers VAE folder as save_pretrained leaves it; returns the model whose weights it holds."""
+    model = reference(name, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(TINY[name]))
+    save_file(model.state_dict(), folder / "diffusion_pytorch_model.safetensors")
+    return model
+
+
+def clip(name: str, batch: int = 1) -> torch.Tensor:
+    frames, size = EXPECTED[name][1]
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(batch, 3, frames, size, size, generator=generator) * 2 - 1
+
+
+def diffusers_encode_decode(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(posterior parameters, decoded mode) as diffusers computes them, (B*T, C, h, w) and (B*T, 3, H, W) for
+    the 2D AutoencoderKL, which sees the frames as a batch."""
+    if isinstance(model, diffusers.AutoencoderKL):
+        x = x.permute(0, 2, 1, 3, 4).flatten(0, 1)
+    posterior = model.encode(x).latent_dist
+    mode = posterior.mode()
+    # A timestep-conditioned LTX decoder at timestep 0, the LTX pipelines' default.
+    extra = (torch.zeros(mode.shape[0]),) if model.config.get("timestep_conditioning") else ()
+    return posterior.parameters, model.decode(mode, *extra).sample
+
+
+def frames_as_batch(video: torch.Tensor) -> torch.Tensor:
+    return video.permute(0, 2, 1, 3, 4).flatten(0, 1)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_folder_and_config_with_weights_match_diffusers(tmp_path, name):
+    expected = write_folder(tmp_path / "vae", name)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(TINY[name]))
+    from_folder = load_model(tmp_path / "vae")
+    from_config = load_model(str(config_path), weights=tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    (spatial, temporal, step, channels), _ = EXPECTED[name]
+    x = clip(name)
+    with torch.inference_mode():
+        moments, decoded = diffusers_encode_decode(expected, x)
+        for model in (from_folder, from_config):
+            assert isinstance(model, DiffusersVAE) and model.kind == f"diffusers:{TINY[name]['_class_name']}"
+            assert (model.spatial_factor, model.temporal_factor, model.frame_step, model.latent_channels) == (
+                spatial, temporal, step, channels)
+            ours = model.encode_moments(x)
+            b, _, t, h, w = x.shape
+            assert ours.shape == (b, 2 * channels, 1 + (t - 1) // temporal, h // spatial, w // spatial)
+            if temporal == 1:  # the 2D model
+                ours = frames_as_batch(ours)
+            mean = ours[:, :channels]
+            assert mean.std() > 0
+            torch.testing.assert_close(mean, moments[:, :channels], atol=1e-5, rtol=0)
+            torch.testing.assert_close(ours, moments, atol=1e-5, rtol=0)
+            z, _ = model.encode(x)
+            reconstruction = model.decode(z)
+            assert reconstruction.shape == x.shape
+            if temporal == 1:
+                reconstruction = frames_as_batch(reconstruction)
+            torch.testing.assert_close(reconstruction, decoded, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*non-meta parameter")
+def test_normalisation_and_config_are_the_classes(tmp_path):
+    kl, wan, mochi = load_model(TINY["kl"]), load_model(TINY["wan"]), load_model(TINY["mochi"])
+    assert (kl.config.scale_factor, kl.config.shift_factor, kl.config.latents_mean) == (0.3611, 0.1159, None)
+    assert (wan.config.scale_factor, wan.config.shift_factor) == (1.0, 0.0)
+    assert (wan.config.latents_mean, wan.config.latents_std) == ([0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 2.0, 1.0])
+    assert mochi.config.latents_std == [1.0, 0.9, 0.8, 0.7]
+    assert load_model(TINY["cogvideox"]).config.scale_factor == 0.7
+    assert load_model(TINY["hunyuanvideo15"]).config.scale_factor == 1.03682
+    # LTX keeps its statistics as buffers in the weights file, which is where they are read from (also on meta).
+    ltx = reference("ltx")
+    state_dict = ltx.state_dict()
+    state_dict["latents_mean"], state_dict["latents_std"] = torch.arange(8.0), torch.full((8,), 2.0)
+    save_file(state_dict, tmp_path / "ltx.safetensors")
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            model = load_model(TINY["ltx"], weights=tmp_path / "ltx.safetensors")
+        assert model.config.latents_mean == [float(i) for i in range(8)] and model.config.latents_std == [2.0] * 8
+    assert load_model(TINY["ltx"]).config.latents_mean == [0.0] * 8
+    config = dataclasses.asdict(wan.config)
+    assert json.loads(json.dumps(config)) == config
+    assert config["class_name"] == "AutoencoderKLWan" and config["diffusers_config"]["dim_mult"] == [1, 1, 1, 1]
+    assert not any(key.startswith("_") for key in config["diffusers_config"])
+
+
+def test_fields_the_class_does_not_take_are_named():
+    with pytest.raises(ValueError, match=r"unsupported AutoencoderKLWan fields in config dict \(diffusers .*\): "
+                                         r"latent_channels, z_dims"):
+        load_model({**TINY["wan"], "z_dims": 4, "latent_channels": 4})
+
+
+def test_per_channel_statistics_must_fit_the_channels():
+    with pytest.raises(ValueError, match="latents_mean has 16 values for 4 latent channels"):
+        load_model({**TINY["wan"], "latents_mean": [0.0] * 16})
+
+
+def test_weights_of_another_class_are_refused_by_key(tmp_path):
+    write_folder(tmp_path / "ltx", "ltx")
+    weights = tmp_path / "ltx" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(ValueError) as error:
+        load_model(TINY["wan"], weights=weights)
+    message = str(error.value)
+    assert str(weights) in message and "AutoencoderKLWan" in message
+    assert "missing keys: decoder." in message and "unexpected keys: decoder." in message
+
+
+def test_weights_of_another_config_are_refused_by_shape(tmp_path):
+    torch.manual_seed(0)
+    other = diffusers.AutoencoderKLWan.from_config({**TINY["wan"], "z_dim": 8, "latents_mean": None,
+                                                    "latents_std": None})
+    save_file(other.state_dict(), tmp_path / "z8.safetensors")
+    expected = r"shape mismatches \(file vs model\): decoder\.conv_in\.weight \(8, 8, 3, 3, 3\) vs \(8, 4, 3, 3, 3\)"
+    with pytest.raises(ValueError, match=expected):
+        load_model(TINY["wan"], weights=tmp_path / "z8.safetensors")
+
+
+def test_unsupported_class_lists_the_supported_ones(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"_class_name": "AutoencoderKLTemporalDecoder"}))
+    with pytest.raises(ValueError) as error:
+        load_model(path)
+    assert "AutoencoderKLTemporalDecoder" in str(error.value) and str(path) in str(error.value)
+    assert all(name in str(error.value) for name in (*DIFFUSERS_CLASSES, "AutoencoderKLHunyuanVideo"))
+
+
+def test_folder_without_config_says_so(tmp_path):
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_model(tmp_path)
+
+
+def test_hunyuan_video_keeps_its_native_path():
+    model = load_model({"_class_name": "AutoencoderKLHunyuanVideo", **vars(vae.PRESETS_3D["tiny-3d"])})
+    assert isinstance(model, vae.AutoEncoder3D)
+
+
+def test_without_diffusers_the_error_names_the_extra(monkeypatch, tmp_path):
+    write_folder(tmp_path / "vae", "wan")
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ImportError, match=r"pip install -e \.\[diffusers\]"):
+        load_model(tmp_path / "vae")
+    with pytest.raises(UsageError, match=r"pip install -e \.\[diffusers\]"):
+        describe_vae(EncodeSettings(vae=str(tmp_path / "vae"), allow_random_weights=True))
+
+
+def test_the_package_imports_without_diffusers():
+    code = ("import sys; sys.modules['diffusers'] = None; import vae, pipeline.encode.model_loading; "
+            "print(vae.load_model('tiny').kind)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "autoencoder_2d"
+
+
+def test_dropping_the_decoder_frees_it_and_encoding_goes_on():
+    model = load_model(TINY["wan"])
+    x = clip("wan")
+    with torch.inference_mode():
+        before = model.encode_moments(x)
+    count = sum(p.numel() for p in model.parameters())
+    del model.decoder
+    assert model.decoder is None and sum(p.numel() for p in model.parameters()) < count
+    assert not any(name.startswith("wrapped.decoder.") for name, _ in model.named_parameters())
+    with torch.inference_mode():
+        torch.testing.assert_close(model.encode_moments(x), before, atol=0, rtol=0)
+        with pytest.raises(RuntimeError, match="no decoder"):
+            model.decode(torch.zeros(1, 4, 2, 2, 2))
+
+
+def test_clips_that_do_not_fit_are_refused():
+    model = load_model(TINY["ltx"])
+    with pytest.raises(ValueError, match="it takes 1 \\+ 8k frames \\(nearest: 9 or 17\\)"):
+        model.encode_moments(torch.zeros(1, 3, 13, 64, 64))
+    with pytest.raises(ValueError, match="multiples of the spatial factor 32"):
+        model.encode_moments(torch.zeros(1, 3, 9, 48, 64))
+
+
+def test_tiling_is_on_for_clips_larger_than_a_tile():
+    ours = load_model(TINY["kl"])
+    assert ours.wrapped.use_tiling
+    tiled = diffusers.AutoencoderKL.from_config(TINY["kl"]).eval()
+    tiled.load_state_dict(ours.wrapped.state_dict())
+    tiled.enable_tiling()
+    x = torch.rand(1, 3, 1, 64, 64) * 2 - 1  # twice the config's 32-pixel sample_size
+    with torch.inference_mode():
+        moments = ours.encode_moments(x)[:, :, 0]
+        torch.testing.assert_close(moments, tiled.encode(x[:, :, 0]).latent_dist.parameters)
+        tiled.disable_tiling()
+        assert not torch.allclose(moments, tiled.encode(x[:, :, 0]).latent_dist.parameters, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, wrong, nearest", [("wan", 14, "13 or 17"), ("ltx", 12, "9 or 17"),
+                                                  ("cogvideox", 13, "9 or 17"), ("mochi", 9, "7 or 13")])
+def test_describe_vae_and_frame_counts(tmp_path, name, wrong, nearest):
+    write_folder(tmp_path / "vae", name)
+    weights, disc_weights = with_shipped_weights(str(tmp_path / "vae"), None, None)
+    assert (weights, disc_weights) == (str(tmp_path / "vae" / "diffusion_pytorch_model.safetensors"), None)
+    settings = EncodeSettings(vae=str(tmp_path / "vae"), weights=weights)
+    description = describe_vae(settings)
+    assert json.loads(json.dumps(description)) == description
+    (spatial, temporal, step, channels), _ = EXPECTED[name]
+    assert description["kind"] == f"diffusers:{TINY[name]['_class_name']}"
+    assert (description["spatial_factor"], description["temporal_factor"], description["latent_channels"]) == (
+        spatial, temporal, channels)
+    assert description["weights"] == weights and description["random_init_seed"] is None
+    assert description["config"]["class_name"] == TINY[name]["_class_name"]
+    assert description.get("frame_step", temporal) == step
+    check_num_frames(1 + 2 * step, temporal, description.get("frame_step"))
+    with pytest.raises(UsageError, match=f"--num-frames {wrong} .*use {nearest}"):
+        check_num_frames(wrong, temporal, description.get("frame_step"))
+    model = build_model(settings)
+    assert isinstance(model, DiffusersVAE) and not model.training
+
+
+def test_describe_vae_names_bad_weights(tmp_path):
+    write_folder(tmp_path / "ltx", "ltx")
+    write_folder(tmp_path / "wan", "wan")
+    weights = str(tmp_path / "ltx" / "diffusion_pytorch_model.safetensors")
+    settings = EncodeSettings(vae=str(tmp_path / "wan"), weights=weights)
+    with pytest.raises(UsageError, match="do not fit AutoencoderKLWan.*missing keys"):
+        describe_vae(settings)
+
+
+def test_clip_encoder_encodes_frames_with_a_wan_vae(tmp_path):
+    expected = write_folder(tmp_path / "vae", "wan")
+    encoder = ClipEncoder(load_model(tmp_path / "vae"), torch.device("cpu"), torch.float32, max_frames_per_call=5)
+    frames = torch.randint(0, 256, (2, 5, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    latent, moments = encoder.encode(frames)
+    x = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    with torch.inference_mode():
+        mode = expected.encode(x).latent_dist.mode()
+        decoded = expected.decode(mode).sample
+    assert latent.shape == (2, 4, 2, 2, 2) and moments.shape == (2, 8, 2, 2, 2)
+    torch.testing.assert_close(latent, mode, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoder.decode(latent), decoded, atol=1e-5, rtol=0)
+
+
+def test_plan_job_refuses_a_frame_count_cogvideox_cannot_decode(tmp_path):
+    write_folder(tmp_path / "vae", "cogvideox")
+    settings = EncodeSettings(vae=str(tmp_path / "vae"), weights=str(tmp_path / "vae" / WEIGHTS), num_frames=13)
+    with pytest.raises(UsageError, match="--num-frames 13 .*compresses time by 4 .*1 \\+ 8k frames.*use 9 or 17"):
+        plan_job(str(tmp_path / "nothing-*.tar"), str(tmp_path / "cache"), settings)
+
+
+def test_a_shard_encodes_with_a_wan_vae_folder_without_ray(tmp_path):
+    write_folder(tmp_path / "vae", "wan")
+    samples = [(f"v{i}", {"mp4": encode_mp4(moving_pattern(8, 32, 32, seed=i))}) for i in range(2)]
+    write_tar(tmp_path / "shard-00000.tar", samples)
+    settings = EncodeSettings(vae=str(tmp_path / "vae"), weights=str(tmp_path / "vae" / WEIGHTS), num_frames=5,
+                              resolution="32", latent_dtype="float32", scoring=ScoreSettings(scores=("psnr", "ssim")))
+    plan = plan_job(str(tmp_path / "shard-00000.tar"), str(tmp_path / "cache"), settings)
+    outcome = ShardEncoder(plan.settings, plan.cache_fields, plan.scoring, num_threads=1).process(plan.tasks[0])
+    assert (outcome.clips, outcome.error_rows) == (2, 0)
+    rows = list(LatentDataset(str(tmp_path / "cache"), columns=["psnr", "ssim"]))
+    assert len(rows) == 2 and all(row["latent"].shape == (4, 2, 4, 4) for row in rows)
+    assert all(row["psnr"] is not None and row["ssim"] is not None for row in rows)
