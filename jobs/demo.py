@@ -49,7 +49,7 @@ def stage_footage(src: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = JobArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="demo_output", help="where shards and the cache go")
-    parser.add_argument("--vae", default="lightweight",
+    parser.add_argument("--vae", default="small-f8",
                         help="VAE preset; small-f8 comes with trained weights, others run with random ones")
     parser.add_argument("--random-weights", action="store_true",
                         help="encode and score with seeded random weights instead of the shipped ones")

@@ -34,6 +34,14 @@ def _pixels(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a pixel count or HxW, got {text!r}") from None
 
 
+def _factor(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = JobArgumentParser(
         prog="python -m jobs.encode",
@@ -74,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--resolution", default="256", help="N (short side to N, center crop NxN), HxW (cover, center crop) or native")
 
     cache = parser.add_argument_group("cache")
+    cache.add_argument("--latent-shift", type=_factor,
+                       help="store scale * (latent - shift) with this shift: a number or one per latent channel "
+                            "(comma list); default: the VAE's own (shift_factor, or latents_mean per channel)")
+    cache.add_argument("--latent-scale", type=_factor,
+                       help="the scale of that formula, likewise; default: the VAE's own (scaling_factor, or "
+                            "scaling_factor / latents_std per channel)")
     cache.add_argument("--latent-dtype", choices=sorted(LATENT_DTYPES), default="float16", help="dtype of the stored latents")
     cache.add_argument("--store-moments", action="store_true", help="also store posterior mean and logvar (float32)")
     cache.add_argument("--keep-previews", action="store_true",
@@ -103,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds one shard attempt may take before its actor is killed and the shard retried")
     run.add_argument("--max-shards-per-actor", type=int, default=50,
                      help="recycle an actor after this many shards, containing decoder leaks (0: never)")
+    run.add_argument("--conv3d-chunk-elements", default="auto",
+                     help="split a 3D convolution over channels when its input or output exceeds N elements: N, off, "
+                          "or auto (on a GPU sized from free memory; on a CPU only above 2**31, where chunking "
+                          "saves no memory)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the actors' output")
     return parser
@@ -124,6 +142,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         max_pixels=args.max_pixels,
         max_frames=args.max_frames,
         seed=args.seed,
+        latent_shift=args.latent_shift,
+        latent_scale=args.latent_scale,
         scoring=ScoreSettings(
             scores=() if args.scores.strip() == "none" else tuple(n.strip() for n in args.scores.split(",") if n.strip()),
             min_psnr=args.min_psnr,
@@ -147,6 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         overwrite=args.overwrite,
         trust_committed=args.trust_committed,
         rethreshold=args.rethreshold,
+        conv3d_chunk_elements=args.conv3d_chunk_elements,
         verbose=args.verbose,
         progress=not args.no_progress,
     )

@@ -42,9 +42,19 @@ $PY -m jobs.train_vae "${DATA[@]}" --out "$WORK/disc" --vae small-f8 --weights "
   --resolution 256 --crop 128 --max-steps 600 --checkpoint-every 200 --val-every 200 \
   "$(continue_or_start "$WORK/disc")"
 DISC_SECONDS=$(seconds "$began")
-DISC_CKPT=$(ls -d "$WORK"/disc/checkpoints/step-* | tail -1)
+
+# 2b. More of the same from those weights, with most fakes degraded copies: after step 2 the discriminator
+#     still ranked noisy held-out clips above the originals.
+began=$(date +%s)
+$PY -m jobs.train_vae "${DATA[@]}" --out "$WORK/disc-more" --vae small-f8 --weights "$VAE_CKPT/vae.safetensors" \
+  --disc-weights "$(ls -d "$WORK"/disc/checkpoints/step-* | tail -1)/discriminator.safetensors" \
+  --freeze-vae --degrade-fakes 0.8 --disc-lr 2e-4 --disc-start 0 \
+  --resolution 256 --crop 128 --max-steps 1200 --checkpoint-every 200 --val-every 200 \
+  "$(continue_or_start "$WORK/disc-more")"
+DISC_MORE_SECONDS=$(seconds "$began")
+DISC_CKPT=$(ls -d "$WORK"/disc-more/checkpoints/step-* | tail -1)
 
 # 3. Ship: float16 VAE, the discriminator, card.json with the latent scale and the held-out figures.
 $PY scripts/ship_weights.py --vae-checkpoint "$VAE_CKPT" --disc-checkpoint "$DISC_CKPT" \
   --train-data "$WORK/shards/train/*.tar" --held-out "$WORK/shards/val/*.tar" --out weights/small-f8 \
-  --wall-seconds "{\"vae\": $VAE_SECONDS, \"disc\": $DISC_SECONDS}"
+  --wall-seconds "{\"vae\": $VAE_SECONDS, \"disc\": $DISC_SECONDS, \"disc_more\": $DISC_MORE_SECONDS}"

@@ -1,7 +1,7 @@
 from vae.autoencoder_2d import AutoEncoder2D, AutoEncoderConfig
 from vae.autoencoder_3d import AutoEncoder3D, AutoEncoder3DConfig
 from vae.checkpoint import load_state_dict_file
-from vae.conv3d import ChannelChunkConv3D
+from vae.conv3d import ChannelChunkConv3D, chunk_conv3d_layers
 from vae.diffusers_vae import (
     DIFFUSERS_CLASSES,
     DiffusersVAE,
@@ -9,6 +9,7 @@ from vae.diffusers_vae import (
     diffusers_folder_weights,
 )
 from vae.distributions import DiagonalGaussianDistribution
+from vae.latent_normalisation import LatentNormalisation
 from vae.presets import PRESETS, PRESETS_3D, load_model
 from vae.shipped_weights import SHIPPED, shipped_weights
 
@@ -18,10 +19,12 @@ __all__ = [
     "AutoEncoder3D",
     "AutoEncoder3DConfig",
     "ChannelChunkConv3D",
+    "chunk_conv3d_layers",
     "DIFFUSERS_CLASSES",
     "DiffusersVAE",
     "DiffusersVAEConfig",
     "DiagonalGaussianDistribution",
+    "LatentNormalisation",
     "PRESETS",
     "PRESETS_3D",
     "SHIPPED",

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vae.distributions import DiagonalGaussianDistribution
+from vae.latent_normalisation import LatentNormalisation
 
 
 @dataclass
@@ -209,6 +210,10 @@ class AutoEncoder2D(nn.Module):
     def latent_channels(self) -> int:
         return self.config.z_channels
 
+    @property
+    def latent_normalisation(self) -> LatentNormalisation:
+        return LatentNormalisation(self.config.shift_factor, self.config.scale_factor)
+
     def encode_moments(self, x: Tensor) -> Tensor:
         """Posterior moments `cat([mean, logvar], dim=1)`, unscaled, in the layout of `x`."""
         frames, unfold = _fold_time(x)
@@ -221,11 +226,11 @@ class AutoEncoder2D(nn.Module):
         """Returns `(z, posterior)` with `z = scale_factor * (latent - shift_factor)`."""
         posterior = DiagonalGaussianDistribution(self.encode_moments(x))
         latent = posterior.sample() if self.config.sample else posterior.mode()
-        return self.config.scale_factor * (latent - self.config.shift_factor), posterior
+        return self.latent_normalisation.apply(latent), posterior
 
     def decode(self, z: Tensor) -> Tensor:
         """Images or video from scaled latents `z`, (B,C,h,w) or (B,C,T,h,w)."""
-        latent, unfold = _fold_time(z / self.config.scale_factor + self.config.shift_factor)
+        latent, unfold = _fold_time(self.latent_normalisation.undo(z))
         if self.post_quant_conv is not None:
             latent = self.post_quant_conv(latent)
         return unfold(self.decoder(latent))

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from vae.conv3d import ChannelChunkConv3D, causal_pad
 from vae.distributions import DiagonalGaussianDistribution
+from vae.latent_normalisation import LatentNormalisation
 
 DOWN_BLOCK = "HunyuanVideoDownBlock3D"
 UP_BLOCK = "HunyuanVideoUpBlock3D"
@@ -328,6 +329,10 @@ class AutoEncoder3D(nn.Module):
     def latent_channels(self) -> int:
         return self.config.latent_channels
 
+    @property
+    def latent_normalisation(self) -> LatentNormalisation:
+        return LatentNormalisation(self.config.shift_factor, self.config.scale_factor)
+
     def _check_video(self, x: Tensor) -> None:
         if x.ndim != 5:
             raise ValueError(f"expected video (B,C,T,H,W), got shape {tuple(x.shape)}")
@@ -360,14 +365,14 @@ class AutoEncoder3D(nn.Module):
         """Returns `(z, posterior)` with `z = scale_factor * (latent - shift_factor)`."""
         posterior = DiagonalGaussianDistribution(self.encode_moments(x))
         latent = posterior.sample() if self.config.sample else posterior.mode()
-        return self.config.scale_factor * (latent - self.config.shift_factor), posterior
+        return self.latent_normalisation.apply(latent), posterior
 
     def decode(self, z: Tensor) -> Tensor:
         """Video (B, out_channels, 1 + temporal_factor*(t-1), h*spatial_factor, w*spatial_factor) from scaled
         latents `z` (B, latent_channels, t, h, w); tiled like `encode_moments`."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels or z.shape[2] < 1:
             raise ValueError(f"expected latents (B,{self.latent_channels},t,h,w), got shape {tuple(z.shape)}")
-        latent = self.post_quant_conv(z / self.config.scale_factor + self.config.shift_factor)
+        latent = self.post_quant_conv(self.latent_normalisation.undo(z))
         t, s = self.temporal_factor, self.spatial_factor
         return self._tiled(self.decoder, latent, in_scale=(1, 1), out_scale=(t, s))
 

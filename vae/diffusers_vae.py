@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from vae.checkpoint import load_weights_strictly
 from vae.distributions import DiagonalGaussianDistribution
+from vae.latent_normalisation import LatentNormalisation
 
 DIFFUSERS_CLASSES = (
     "AutoencoderKLWan",
@@ -39,11 +40,10 @@ class DiffusersVAEConfig:
     class_name: str
     # The diffusers config with every default filled in (what `from_config` built), without its `_` keys.
     diffusers_config: dict[str, Any]
-    # The scalar normalisation z = scale_factor * (latent - shift_factor): diffusers' scaling_factor and
-    # shift_factor where the class has them.
+    # diffusers' scaling_factor and shift_factor where the class has them, and per-channel statistics (Wan,
+    # Mochi configs; LTX buffers): together they make `DiffusersVAE.latent_normalisation`.
     scale_factor: float = 1.0
     shift_factor: float = 0.0
-    # Per-channel statistics (Wan and Mochi configs, LTX buffers): exposed, not applied by the pipeline yet.
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = None
     sample: bool = False
@@ -115,7 +115,8 @@ class DiffusersVAE(nn.Module):
     """A diffusers VAE as this project's models are: video (B,3,T,H,W) in [-1,1] with T = 1 + frame_step*k,
     latents (B, latent_channels, 1 + (T-1)/temporal_factor, H/spatial_factor, W/spatial_factor).
 
-    `decode` takes scaled latents `scale_factor * (latent - shift_factor)`, like the native models.
+    `decode` takes normalised latents (`latent_normalisation`, per channel for Wan, LTX and Mochi), like the
+    native models.
     `del model.decoder` drops the wrapped model's decoder (an encode-only job), freeing its weights.
     """
 
@@ -160,6 +161,15 @@ class DiffusersVAE(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self._latent_channels
+
+    @property
+    def latent_normalisation(self) -> LatentNormalisation:
+        """Per channel `(latent - latents_mean) * scaling_factor / latents_std` where the class has statistics
+        (as the Wan, LTX and Mochi pipelines normalise), else `scaling_factor * (latent - shift_factor)`."""
+        config = self.config
+        if config.latents_mean is not None and config.latents_std is not None:
+            return LatentNormalisation.from_channel_stats(config.latents_mean, config.latents_std, config.scale_factor)
+        return LatentNormalisation(config.shift_factor, config.scale_factor)
 
     @property
     def decoder(self) -> nn.Module | None:
@@ -219,10 +229,10 @@ class DiffusersVAE(nn.Module):
         return self.wrapped.encode(x).latent_dist.parameters
 
     def encode(self, x: Tensor) -> tuple[Tensor, DiagonalGaussianDistribution]:
-        """Returns `(z, posterior)` with `z = scale_factor * (latent - shift_factor)`."""
+        """Returns `(z, posterior)` with `z` the latent normalised by `latent_normalisation`."""
         posterior = DiagonalGaussianDistribution(self.encode_moments(x))
         latent = posterior.sample() if self.config.sample else posterior.mode()
-        return self.config.scale_factor * (latent - self.config.shift_factor), posterior
+        return self.latent_normalisation.apply(latent), posterior
 
     def decode(self, z: Tensor) -> Tensor:
         """Video (B, 3, 1 + temporal_factor*(t-1), h*spatial_factor, w*spatial_factor) from scaled latents `z`
@@ -231,7 +241,7 @@ class DiffusersVAE(nn.Module):
             raise ValueError(f"expected latents (B,{self.latent_channels},t,h,w), got shape {tuple(z.shape)}")
         if self.wrapped.decoder is None:
             raise RuntimeError(f"{self.kind} has no decoder: it was dropped (del model.decoder)")
-        latent = (z / self.config.scale_factor + self.config.shift_factor).contiguous()
+        latent = self.latent_normalisation.undo(z).contiguous()
         if self.temporal_factor == 1:
             frames = self.wrapped.decode(rearrange(latent, "b c t h w -> (b t) c h w")).sample
             return rearrange(frames, "(b t) c h w -> b c t h w", b=z.shape[0])

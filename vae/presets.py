@@ -30,7 +30,7 @@ PRESETS: dict[str, AutoEncoderConfig] = {
     "high-res": AutoEncoderConfig(ch=192, ch_mult=[1, 2, 4, 8], num_res_blocks=3, z_channels=8, scale_factor=0.15),
     # The project's own small VAE (spatial factor 8, 4 latent channels), trained by scripts/train_default_weights.sh;
     # its weights ship in weights/small-f8/ (see the card there).
-    "small-f8": AutoEncoderConfig(ch=32, ch_mult=[1, 2, 4, 4], num_res_blocks=1, z_channels=4, scale_factor=1.0),
+    "small-f8": AutoEncoderConfig(ch=32, ch_mult=[1, 2, 4, 4], num_res_blocks=1, z_channels=4, scale_factor=0.4916),
     # For tests: spatial factor 2, fast on CPU (GroupNorm(32) needs ch to be a multiple of 32).
     "tiny": AutoEncoderConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=4, scale_factor=1.0),
 }

@@ -50,7 +50,7 @@ from pipeline.cache.manifest import (
 )
 from pipeline.cache.null_columns import all_null_columns
 from pipeline.cache.output_lock import OutputLock
-from pipeline.cache.schema import METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.cache.schema import CONTRACT_VERSION, METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
 from pipeline.cache.shard_writer import (
     ShardFileWriter,
     open_output_dir,
@@ -317,7 +317,7 @@ def _manifest(plan: _FilterPlan, shards: dict[str, dict[str, Any]]) -> dict[str,
     source_manifest = plan.source_manifest or {}
     model = source_manifest.get("model") or (plan.sources[0].metadata.get("vae") if plan.sources else None)
     return {
-        "contract_version": 1,
+        "contract_version": CONTRACT_VERSION,
         "job": {
             "kind": "filter",
             "hash": plan.job_hash,

@@ -16,7 +16,9 @@ import torch
 from pipeline.cache.null_columns import null_counts
 from pipeline.cache.schema import (
     CONTRACT_VERSION,
+    contract_version_parts,
     read_cache_metadata,
+    readable_contract_version,
     tensor_from_bytes,
 )
 from pipeline.storage import Location, locate
@@ -44,13 +46,15 @@ def load_latent(cache_dir: str | os.PathLike, key: str) -> torch.Tensor:
 
 # What must agree between caches for their latents to be interchangeable. `vae.spec` (a preset name
 # or a JSON path) and `vae.weights` (a path) are spellings of the same identity and are not compared.
-_IDENTITY_FIELDS = ("contract_version", "vae.kind", "vae.config", "vae.weights_sha256", "vae.random_init_seed",
+_IDENTITY_FIELDS = ("vae.kind", "vae.config", "vae.weights_sha256", "vae.random_init_seed",
                     "vae.scale_factor", "vae.shift_factor", "vae.spatial_factor", "vae.temporal_factor",
                     "vae.latent_channels")
 
 
 def _identity(metadata: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+    # Minor versions only add: a cache resumed by newer code holds 1 and 1.1 files of the same latents.
+    flat: dict[str, Any] = {"contract major version": (contract_version_parts(metadata.get("contract_version"))
+                                                       or (None,))[0]}
     for name in _IDENTITY_FIELDS:
         value: Any = metadata
         for part in name.split("."):
@@ -109,9 +113,9 @@ def open_cache_file(location: Location, statistics_filter: pc.Expression) -> tup
 def check_compatible(files: list[CacheFile]) -> None:
     for file in files:
         version = file.metadata.get("contract_version")
-        if version != CONTRACT_VERSION:
+        if not readable_contract_version(version):
             raise ValueError(f"{file.location.url}: written under cache contract_version {version}; this reader "
-                             f"reads contract_version {CONTRACT_VERSION}")
+                             f"reads contract versions 1 to {CONTRACT_VERSION}")
     first = files[0]
     reference = _identity(first.metadata)
     for file in files[1:]:

@@ -48,6 +48,7 @@ from pipeline.cache.schema import (
 )
 from pipeline.cache.where import parse_where, refuse_null_columns, where_columns
 from vae.distributions import DiagonalGaussianDistribution
+from vae.latent_normalisation import LatentNormalisation
 
 __all__ = ["LatentDataset", "collate_latents", "load_latent"]
 
@@ -126,7 +127,8 @@ class LatentDataset(IterableDataset):
     training; each holds its decoded latents, up to a row group's ~32 MiB, in memory.
 
     `sample_posterior` draws each latent from the stored posterior moments instead (caches written
-    with `--store-moments`), `scale * (sample - shift)` with the cache's factors, from a generator
+    with `--store-moments`), `scale * (sample - shift)` with the cache's normalisation (numbers, or per
+    channel for Wan, LTX and Mochi; `self.normalisation`), from a generator
     seeded by (`seed`, epoch, key): the same draw for a sample whatever the split.
 
     Caches made with different VAEs (kind, config, weights checksum), scaling factors or contract
@@ -199,8 +201,9 @@ class LatentDataset(IterableDataset):
         if dtype is None:
             dtype = LATENT_DTYPES[stored.pop()] if len(stored) == 1 else self._promoted(stored)
         self.dtype = dtype
-        vae = self._files[0].metadata["vae"]
-        self._scale, self._shift = float(vae["scale_factor"]), float(vae["shift_factor"])
+        # How the stored latents were normalised (numbers, or per channel): `normalisation.undo(latent)` gives
+        # the VAE's raw latent, e.g. to decode it with the VAE's own library.
+        self.normalisation = LatentNormalisation.from_metadata(self._files[0].metadata["vae"])
 
     @staticmethod
     def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -358,7 +361,7 @@ class LatentDataset(IterableDataset):
         moments = _as_tensor(raw, torch.float32, [2 * channels, *rest])
         generator = torch.Generator().manual_seed(_stable_seed(self.seed, self.epoch, key))
         sample = DiagonalGaussianDistribution(moments.unsqueeze(0)).sample(generator)[0]
-        return self._scale * (sample - self._shift)
+        return self.normalisation.apply(sample)
 
 
 def _run_of(units: list[tuple[int, int]], slot: int, slots: int) -> list[tuple[int, int]]:

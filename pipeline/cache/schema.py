@@ -1,4 +1,4 @@
-"""Cache contract v1: the Parquet schema, row construction and the file-level metadata."""
+"""Cache contract v1.1: the Parquet schema, row construction and the file-level metadata."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-CONTRACT_VERSION = 1
+# "major.minor". A minor version only adds, so a reader of 1.x reads 1.0 to 1.x: 1.1 allows per-channel lists
+# in the vae entry's shift_factor/scale_factor. Caches written before minor versions existed say 1 (a number).
+CONTRACT_VERSION = "1.1"
 METADATA_KEY = b"video_latent_cache"
 SHARD_METADATA_KEY = b"video_latent_cache.shard"
 
@@ -162,6 +164,23 @@ def clip_row(
     )
     row.update({SCORE_COLUMNS[name]: value for name, value in scores.items()})
     return row
+
+
+def contract_version_parts(version: object) -> tuple[int, int] | None:
+    """(major, minor) of a cache's `contract_version`; None when it is not one."""
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version, 0
+    if isinstance(version, str):
+        major, _, minor = version.partition(".")
+        if major.isdigit() and minor.isdigit():
+            return int(major), int(minor)
+    return None
+
+
+def readable_contract_version(version: object) -> bool:
+    """Whether this code reads caches written under `version`: the same major version, this minor or older."""
+    parts, ours = contract_version_parts(version), contract_version_parts(CONTRACT_VERSION)
+    return parts is not None and ours is not None and parts[0] == ours[0] and parts[1] <= ours[1]
 
 
 def cache_metadata(fields: dict[str, Any]) -> dict[bytes, bytes]:

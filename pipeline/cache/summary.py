@@ -23,6 +23,7 @@ from pipeline.cache.schema import (
 )
 from pipeline.errors import UsageError
 from pipeline.storage import locate
+from vae.latent_normalisation import LatentNormalisation
 
 SCORES = tuple(SCORE_COLUMNS.values())  # psnr, ssim, lpips, disc_score
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "disc_score": True}
@@ -206,9 +207,16 @@ def vae_text(metadata: dict[str, Any]) -> str:
     highlights = ", ".join(f"{key} {config[key]}" for key in _CONFIG_HIGHLIGHTS if config.get(key) is not None)
     spec = f" {vae['spec']!r}" if vae.get("spec") else ""
     return (f"{vae.get('kind', '?')}{spec}: {vae.get('latent_channels', '?')} latent channels, spatial "
-            f"x{vae.get('spatial_factor', '?')}, temporal x{vae.get('temporal_factor', '?')}, scale "
-            f"{vae.get('scale_factor', '?')}, shift {vae.get('shift_factor', '?')}"
+            f"x{vae.get('spatial_factor', '?')}, temporal x{vae.get('temporal_factor', '?')}, "
+            f"{_normalisation(vae)}"
             + (f"; config: {highlights}" if highlights else ""))
+
+
+def _normalisation(vae: dict[str, Any]) -> str:
+    try:
+        return LatentNormalisation.from_metadata(vae).describe()
+    except (KeyError, TypeError, ValueError):
+        return f"scale {vae.get('scale_factor', '?')}, shift {vae.get('shift_factor', '?')}"
 
 
 def format_number(value: float) -> str:

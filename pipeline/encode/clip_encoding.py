@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from vae import DiagonalGaussianDistribution
+from vae.latent_normalisation import LatentNormalisation
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CPU_LAYOUTS = {"autoencoder_2d": torch.channels_last, "autoencoder_3d": torch.channels_last_3d}
@@ -20,6 +21,25 @@ def resolve_compute(compute_dtype: str, device: str | torch.device | None = None
     if compute_dtype == "auto":
         return device, torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, _DTYPES[compute_dtype]
+
+
+def conv3d_chunk_limit(setting: str, device: torch.device, dtype: torch.dtype) -> int | None:
+    """Elements per Conv3d call above which the call is split over channels (`--conv3d-chunk-elements`); None: the
+    model's convolutions stay as they are.
+
+    auto: on a GPU, a quarter of its free memory per input or output chunk, which bounds cuDNN's workspace for
+    long, large clips (sized, not measured on a GPU); on a CPU, 2**31, the limit of 32-bit indexing only:
+    oneDNN's 3D convolution takes little memory beyond its output, and chunking it costs memory and time
+    (benchmarks.conv3d_chunking measures this)."""
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        element_size = torch.finfo(dtype).bits // 8
+        return max(2**24, min(2**31, free // (4 * element_size)))
+    return 2**31
 
 
 def frames_to_model_input(frames: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -39,7 +59,8 @@ class ClipEncoder:
     """
 
     def __init__(
-        self, model: nn.Module, device: torch.device, dtype: torch.dtype, max_frames_per_call: int = 32
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, max_frames_per_call: int = 32,
+        normalisation: LatentNormalisation | None = None,
     ) -> None:
         self.max_frames_per_call = max_frames_per_call
         self.device = device
@@ -51,26 +72,29 @@ class ClipEncoder:
             # models, whose `.view` reshapes need contiguous activations.
             model = model.to(memory_format=layout)
         self.model = model
-        self.scale = float(model.config.scale_factor)
-        self.shift = float(model.config.shift_factor)
+        # What the cache stores; the model's own unless the job replaced it (--latent-shift/--latent-scale).
+        self.normalisation = normalisation or model.latent_normalisation
 
     def _chunks(self, batch: torch.Tensor, frames_per_clip: int) -> tuple[torch.Tensor, ...]:
         return batch.split(max(1, self.max_frames_per_call // frames_per_clip))
 
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, T, H, W, 3) → (latent, moments) in fp32 on the CPU: latent = scale * (mode - shift),
-        moments unscaled."""
+        """uint8 (B, T, H, W, 3) → (latent, moments) in fp32 on the CPU: latent = scale * (mode - shift) by
+        `normalisation`, moments unscaled."""
         moments = torch.cat([
             self.model.encode_moments(frames_to_model_input(chunk, self.device, self.dtype)).float().cpu()
             for chunk in self._chunks(frames, frames.shape[1])
         ])
-        latent = self.scale * (DiagonalGaussianDistribution(moments).mode() - self.shift)
-        return latent, moments
+        return self.normalisation.apply(DiagonalGaussianDistribution(moments).mode()), moments
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, C, t, h, w), any dtype → reconstructions (B, 3, T, H, W) in fp32 on the CPU."""
+        """Latents (B, C, t, h, w) normalised as `encode` stores them, any dtype → reconstructions
+        (B, 3, T, H, W) in fp32 on the CPU."""
+        own = self.model.latent_normalisation
+        if self.normalisation != own:
+            latent = own.apply(self.normalisation.undo(latent.float()))
         return torch.cat([
             self.model.decode(chunk.to(self.device, self.dtype)).float().cpu()
             for chunk in self._chunks(latent, (latent.shape[2] - 1) * self.model.temporal_factor + 1)

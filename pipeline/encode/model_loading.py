@@ -15,6 +15,7 @@ import vae
 from pipeline.cache.shard_writer import sha256_of_file
 from pipeline.encode.settings import EncodeSettings
 from pipeline.errors import UsageError
+from vae.latent_normalisation import LatentNormalisation
 
 
 def build_model(settings: EncodeSettings, device: str | torch.device | None = None) -> nn.Module:
@@ -43,6 +44,19 @@ def with_shipped_weights(vae_spec: str, weights: str | None, disc_weights: str |
     if shipped is None:
         return weights, disc_weights
     return str(shipped.vae), disc_weights or str(shipped.discriminator)
+
+
+def latent_normalisation(model: nn.Module, settings: EncodeSettings) -> LatentNormalisation:
+    """The model's own normalisation with `--latent-shift` / `--latent-scale` replacing its parts."""
+    own = model.latent_normalisation
+    shift = own.shift if settings.latent_shift is None else settings.latent_shift
+    scale = own.scale if settings.latent_scale is None else settings.latent_scale
+    try:
+        normalisation = LatentNormalisation(shift, scale)
+        normalisation.check_channels(model.latent_channels)
+    except ValueError as error:
+        raise UsageError(f"--latent-shift/--latent-scale: {error}") from error
+    return normalisation
 
 
 def default_num_frames(temporal_factor: int) -> int:
@@ -91,8 +105,8 @@ def describe_vae(settings: EncodeSettings) -> dict[str, Any]:
         "weights": weights,
         "weights_sha256": None if weights is None else sha256_of_file(weights),
         "random_init_seed": settings.seed if weights is None else None,
-        "scale_factor": float(config.scale_factor),
-        "shift_factor": float(config.shift_factor),
+        # Numbers, or lists for a per-channel normalisation: what the cache stores is scale * (mode - shift).
+        **latent_normalisation(model, settings).as_metadata(),
         "spatial_factor": int(model.spatial_factor),
         "temporal_factor": int(model.temporal_factor),
         "latent_channels": int(model.latent_channels),

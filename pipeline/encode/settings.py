@@ -31,6 +31,9 @@ class EncodeSettings:
     # Seeds the random initialisation, so every actor of a random-weights job holds the same model.
     seed: int = 0
     scoring: ScoreSettings = ScoreSettings()
+    # Replace the VAE's own latent normalisation (z = scale * (latent - shift)): a number, or one per channel.
+    latent_shift: float | tuple[float, ...] | None = None
+    latent_scale: float | tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.latent_dtype not in LATENT_DTYPES:
@@ -71,6 +74,8 @@ class RunSettings:
     # Recompute `passed` of a cache whose job differs only in thresholds, instead of refusing it.
     rethreshold: bool = False
     prefetch_samples: int = 4
+    # Elements per Conv3d call before ChannelChunkConv3D splits it: "auto" (see conv3d_chunk_limit), "off", or N.
+    conv3d_chunk_elements: str = "auto"
     verbose: bool = False
     progress: bool = True
 
@@ -89,5 +94,8 @@ class RunSettings:
             raise UsageError("--shard-timeout must be positive")
         if self.max_shards_per_actor < 0:
             raise UsageError("--max-shards-per-actor cannot be negative")
+        chunking = self.conv3d_chunk_elements
+        if chunking not in ("auto", "off") and not (chunking.isdigit() and int(chunking) > 0):
+            raise UsageError(f"--conv3d-chunk-elements takes auto, off or a positive number of elements, not {chunking!r}")
         if self.rethreshold and self.overwrite:
             raise UsageError("--rethreshold keeps the cache and --overwrite deletes it: choose one")

@@ -19,6 +19,7 @@ from pipeline.cache.manifest import (
     write_manifest,
 )
 from pipeline.cache.schema import (
+    CONTRACT_VERSION,
     SCORE_COLUMNS,
     SCORE_DEFINITIONS,
     cache_metadata,
@@ -87,7 +88,8 @@ def cache_identity(
 ) -> dict[str, Any]:
     """What a rerun must match to add to an existing cache: file paths stand in by their checksums."""
     produced = dataclasses.asdict(settings)
-    del produced["vae"], produced["weights"]
+    # The normalisation flags count through their result, the vae entry's shift_factor and scale_factor.
+    del produced["vae"], produced["weights"], produced["latent_shift"], produced["latent_scale"]
     for path_field in ("lpips_backbone", "lpips_heads", "disc_weights"):
         del produced["scoring"][path_field]
     return {
@@ -268,7 +270,7 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
 
 def manifest_document(plan: EncodePlan, input_spec: str, shards: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
-        "contract_version": 1,
+        "contract_version": CONTRACT_VERSION,
         "job": {
             "hash": plan.job_hash,
             "input": input_spec,

@@ -133,8 +133,7 @@ class VAETrainer:
         posterior = DiagonalGaussianDistribution(self.vae.encode_moments(real))
         sample = self.vae.config.sample or not self.settings.freeze_vae
         latent = posterior.sample() if sample else posterior.mode()
-        config = self.vae.config
-        return self.vae.decode(config.scale_factor * (latent - config.shift_factor)), posterior
+        return self.vae.decode(self.vae.latent_normalisation.apply(latent)), posterior
 
     def generator_losses(self, real: Tensor, global_step: int) -> GeneratorLosses:
         """The VAE's losses on `real` (B,3,T,H,W) in [-1, 1]; raises `NonFiniteLossError` before the

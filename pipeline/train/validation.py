@@ -42,9 +42,8 @@ def load_validation_set(urls: list[str], sampling: ClipSampling, resolution: int
 
 def reconstruct(vae: nn.Module, clips: Tensor) -> Tensor:
     """The reconstruction the encode job's cache holds: the posterior mode, scaled and shifted, decoded."""
-    config = vae.config
     mean = vae.encode_moments(clips).chunk(2, dim=1)[0]
-    return vae.decode(config.scale_factor * (mean - config.shift_factor))
+    return vae.decode(vae.latent_normalisation.apply(mean))
 
 
 @torch.no_grad()

@@ -17,13 +17,19 @@ from tests.processes import ROOT
 
 QUIET = RunSettings(num_actors=2, cpus_per_actor=1, batch_size=4, progress=False)
 
-# The README's snippet, verbatim: numpy restores a latent (bfloat16 widened to float32 by bit shift).
+# The README's snippet, verbatim: numpy restores a latent (bfloat16 widened to float32 by bit shift) and
+# undoes its normalisation (scalars or per channel).
 NUMPY_SNIPPET = """\
 import numpy as np, pyarrow.parquet as pq
 row = pq.read_table("cache/shard-00000.parquet", filters=[("status", "=", "ok")]).slice(0, 1).to_pylist()[0]
 dtype = {"float16": "<f2", "float32": "<f4", "bfloat16": "<u2"}[row["latent_dtype"]]
 latent = np.frombuffer(row["latent"], dtype=dtype).reshape(row["latent_shape"])
 if row["latent_dtype"] == "bfloat16": latent = (latent.astype("<u4") << 16).view("<f4")  # bf16 = top half of f32
+# Undo the normalisation (e.g. to decode with the VAE's own library): numbers, or one value per channel.
+import json
+vae = json.loads(pq.read_schema("cache/shard-00000.parquet").metadata[b"video_latent_cache"])["vae"]
+shift, scale = (np.asarray(vae[k], dtype="<f4").reshape(-1, 1, 1, 1) for k in ("shift_factor", "scale_factor"))
+raw = latent.astype("<f4") / scale + shift
 """
 
 
@@ -44,6 +50,9 @@ def caches(tmp_path_factory, local_ray) -> dict[str, Path]:
                                                            **common)),
         ("bfloat16", "shard-00000.tar", EncodeSettings(latent_dtype="bfloat16", scoring=ScoreSettings(scores=()),
                                                        **common)),
+        ("per_channel", "shard-00000.tar", EncodeSettings(latent_shift=(0.1, -0.2, 0.3, 0.0), latent_dtype="float32",
+                                                          latent_scale=(0.5, 1.0, 2.0, 1.5),
+                                                          scoring=ScoreSettings(scores=()), **common)),
     ]:
         report = run_encode_job(str(shards / inputs), str(root / name / "cache"), settings, QUIET)
         assert report.exit_status == 0, report
@@ -117,17 +126,19 @@ def test_hugging_face_datasets_reads_the_cache(caches, tmp_path):
     assert np.array_equal(restored, load_latent(cache, row["key"]).numpy())
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_numpy_alone_restores_a_latent(caches, dtype, monkeypatch):
-    monkeypatch.chdir(caches[dtype].parent)
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "per_channel"])
+def test_numpy_alone_restores_a_latent_and_its_raw_values(caches, name, monkeypatch):
+    monkeypatch.chdir(caches[name].parent)
     namespace: dict = {}
     exec(NUMPY_SNIPPET, namespace)
-    assert len(NUMPY_SNIPPET.splitlines()) == 5
     latent, row = namespace["latent"], namespace["row"]
+    dtype = row["latent_dtype"]
     assert latent.dtype == (np.float16 if dtype == "float16" else np.float32)
-    expected = load_latent(caches[dtype], row["key"])
+    expected = load_latent(caches[name], row["key"])
     assert expected.dtype == getattr(torch, dtype)
     assert np.array_equal(latent, expected.float().numpy().astype(latent.dtype))
+    undone = LatentDataset(caches[name]).normalisation.undo(expected.float())
+    np.testing.assert_allclose(namespace["raw"], undone.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_the_readme_shows_the_tested_snippet():

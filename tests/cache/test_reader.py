@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 from torch.utils.data import DataLoader
 
 from pipeline.cache.reader import LatentDataset, collate_latents, load_latent
-from pipeline.cache.schema import COLUMN_COMPRESSION, DICTIONARY_COLUMNS, METADATA_KEY
+from pipeline.cache.schema import COLUMN_COMPRESSION, DICTIONARY_COLUMNS, METADATA_KEY, read_cache_metadata
 from pipeline.encode.scoring import ScoreSettings
 from pipeline.encode.settings import EncodeSettings, RunSettings
 from pipeline.run.runner import run_encode_job
@@ -25,6 +25,7 @@ from tests.media import encode_mp4, moving_pattern, write_tar
 
 QUIET = RunSettings(num_actors=2, cpus_per_actor=1, batch_size=4, progress=False)
 SCALE, SHIFT = 0.5, 0.1
+CHANNEL_SHIFT, CHANNEL_SCALE = (0.1, -0.2, 0.3, 0.0), (0.5, 1.0, 2.0, 1.5)
 # A random-weights VAE reconstructs every input as much the same grey: black and white clips score
 # ~5.5 dB, textured ones ~11 dB, mid-grey ~16 dB. `min_psnr=8` rejects exactly the flat extremes.
 MIN_PSNR = 8.0
@@ -85,6 +86,11 @@ def caches(tmp_path_factory, local_ray) -> dict[str, Path]:
         "bf16": (str(shards / "shard-00000.tar"),
                  EncodeSettings(vae=str(vae), resolution="48", latent_dtype="bfloat16",
                                 scoring=ScoreSettings(scores=("psnr",)), **common)),
+        # Same VAE, normalised per channel (--latent-shift/--latent-scale), float32: must not be mixed with main.
+        "per_channel": (str(shards / "shard-00000.tar"),
+                        EncodeSettings(vae=str(vae), resolution="32", store_moments=True, latent_dtype="float32",
+                                       latent_shift=CHANNEL_SHIFT, latent_scale=CHANNEL_SCALE,
+                                       scoring=ScoreSettings(scores=("psnr",)), **common)),
         # Another VAE (scale 1, shift 0, 4 channels all the same): must not be mixed with main.
         "other_vae": (str(shards / "shard-00000.tar"),
                       EncodeSettings(vae="tiny", resolution="32", scoring=ScoreSettings(scores=("psnr",)), **common)),
@@ -403,9 +409,10 @@ def _rewrite_metadata(source: Path, target: Path, change) -> Path:
 
 def test_other_contract_versions_and_weights_are_refused(caches, tmp_path):
     source = caches["main"] / "shard-00000.parquet"
-    future = _rewrite_metadata(source, tmp_path / "v2", lambda m: m.update(contract_version=2))
-    with pytest.raises(ValueError, match="contract_version 2"):
-        LatentDataset([caches["main"], future])
+    for version in (2, "2.0", "1.2", "one"):
+        future = _rewrite_metadata(source, tmp_path / f"v{version}", lambda m, v=version: m.update(contract_version=v))
+        with pytest.raises(ValueError, match=f"contract_version {version}; this reader reads contract versions 1 to 1.1"):
+            LatentDataset([caches["main"], future])
     other_weights = _rewrite_metadata(source, tmp_path / "weights", lambda m: m["vae"].update(weights_sha256="ab12"))
     with pytest.raises(ValueError, match="vae.weights_sha256 is None there but 'ab12' here"):
         LatentDataset([caches["main"], other_weights])
@@ -487,3 +494,47 @@ def test_reads_a_cache_on_s3(caches, s3_endpoint):
     samples = list(LatentDataset("s3://latents/cache", where="passed", rank=1, world_size=2)) + list(
         LatentDataset("s3://latents/cache", where="passed", rank=0, world_size=2))
     assert sorted(sample["key"] for sample in samples) == _ok_keys(caches["main"], lambda t: t.passed.astype(bool))
+
+
+def _moments(cache: Path) -> dict[str, torch.Tensor]:
+    table = ds.dataset(cache, format="parquet").to_table(columns=["key", "moments", "latent_shape"],
+                                                          filter=pc.field("status") == "ok")
+    moments = {}
+    for row in table.to_pylist():
+        c, t, h, w = row["latent_shape"]
+        moments[row["key"]] = torch.frombuffer(bytearray(row["moments"]), dtype=torch.float32).reshape(2 * c, t, h, w)
+    return moments
+
+
+def test_per_channel_normalisation_is_stored_and_undone(caches, tmp_path):
+    shift, scale = torch.tensor(CHANNEL_SHIFT).view(-1, 1, 1, 1), torch.tensor(CHANNEL_SCALE).view(-1, 1, 1, 1)
+    dataset = LatentDataset(caches["per_channel"])
+    assert (dataset.normalisation.shift, dataset.normalisation.scale) == (CHANNEL_SHIFT, CHANNEL_SCALE)
+    metadata = read_cache_metadata(pq.read_schema(caches["per_channel"] / "shard-00000.parquet").metadata)
+    assert (metadata["vae"]["shift_factor"], metadata["vae"]["scale_factor"]) == (list(CHANNEL_SHIFT), list(CHANNEL_SCALE))
+    moments = _moments(caches["per_channel"])
+    stored = {sample["key"]: sample["latent"] for sample in dataset}
+    assert len(stored) == 6
+    for key, latent in stored.items():
+        mean = moments[key][:4]
+        torch.testing.assert_close(latent, scale * (mean - shift), atol=1e-5, rtol=0)
+        torch.testing.assert_close(dataset.normalisation.undo(latent), mean, atol=1e-5, rtol=1e-6)
+    # Posterior samples are normalised the same way: undone, they are the posterior's N(mean, std) draws.
+    noise = []
+    for sample in LatentDataset(caches["per_channel"], sample_posterior=True, seed=3):
+        mean, logvar = moments[sample["key"]].chunk(2)
+        noise.append(((sample["latent"] / scale + shift - mean) / torch.exp(0.5 * logvar.clamp(-30, 20))).flatten())
+    noise = torch.cat(noise)
+    assert abs(noise.mean().item()) < 0.05 and abs(noise.std().item() - 1) < 0.05
+    with pytest.raises(ValueError, match="vae.scale_factor is 0.5 there but \\[0.5, 1.0, 2.0, 1.5\\] here"):
+        LatentDataset([caches["main"], caches["per_channel"]])
+
+
+def test_caches_of_contract_version_1_are_read_and_mixed_with_newer_ones(caches, tmp_path):
+    old = _rewrite_metadata(caches["main"] / "shard-00001.parquet", tmp_path / "v1",
+                            lambda m: m.update(contract_version=1))
+    assert read_cache_metadata(pq.read_schema(old / "shard-00001.parquet").metadata)["contract_version"] == 1
+    from_old = {sample["key"]: sample["latent"] for sample in LatentDataset(old)}
+    mixed = {sample["key"]: sample["latent"] for sample in LatentDataset([caches["main"], old])}
+    assert from_old and set(from_old) <= set(mixed)
+    assert all(torch.equal(latent, mixed[key]) for key, latent in from_old.items())

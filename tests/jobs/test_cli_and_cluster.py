@@ -1,6 +1,7 @@
 """The jobs as a user runs them: separate processes, a multi-node Ray cluster, the demo."""
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -71,6 +72,12 @@ def test_demo_runs_on_shipped_footage(tmp_path):
     shown = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert shown.returncode == 0, shown.stderr
     assert (tmp_path / "report.html").stat().st_size > 0
-    # A second demo run starts again from scratch (its shards are replaced, not refused).
-    assert run_job("jobs.demo", "--workdir", str(tmp_path), "--vae", "tiny", "--resolution", "32",
-                   "--num-frames", "4", "--clips-per-video", "1").returncode == 0
+    # A second demo run starts again from scratch (its shards are replaced, not refused), and by default uses
+    # the shipped small-f8 VAE and discriminator: every ok clip gets a disc_score, nothing random.
+    default = run_job("jobs.demo", "--workdir", str(tmp_path), "--resolution", "64", "--num-frames", "4",
+                      "--clips-per-video", "1")
+    assert default.returncode == 0, default.stderr
+    assert "RANDOM" not in default.stdout + default.stderr
+    assert "autoencoder_2d 'small-f8'" in default.stdout
+    assert re.search(r"^disc_score +4 ", default.stdout, re.MULTILINE)
+    assert "-> (4, 4, 8, 8) torch.float16" in default.stdout

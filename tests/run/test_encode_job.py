@@ -124,7 +124,7 @@ def test_no_temporary_files_remain_and_metadata_describes_the_cache(encoded):
     file = pq.ParquetFile(cache / "shard-00000.parquet")
     assert file.schema_arrow.remove_metadata().equals(SCHEMA)
     metadata = read_cache_metadata(file.schema_arrow.metadata)
-    assert metadata["contract_version"] == 1
+    assert metadata["contract_version"] == "1.1"
     assert metadata["allow_random_weights"] is True
     assert metadata["vae"]["kind"] == "autoencoder_2d" and metadata["vae"]["spatial_factor"] == 2
     assert metadata["vae"]["weights_sha256"] is None and metadata["vae"]["random_init_seed"] == 0
@@ -207,6 +207,8 @@ def test_a_shard_that_keeps_failing_is_recorded_and_exits_3(shards, tmp_path, lo
     ([], "--weights"),
     (["--allow-random-weights", "--vae", "nope"], "unknown VAE preset"),
     (["--allow-random-weights", "--input", "/nonexistent/shard-{0..3}.tar"], "--input"),
+    (["--allow-random-weights", "--conv3d-chunk-elements", "lots"], "--conv3d-chunk-elements takes auto, off or"),
+    (["--allow-random-weights", "--conv3d-chunk-elements", "0"], "a positive number of elements, not '0'"),
 ])
 def test_usage_errors_exit_2(extra, message, tmp_path, capsys):
     args = ["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--vae", "tiny"]
@@ -221,6 +223,23 @@ def test_unwritable_output_exits_2(shards, tmp_path, capsys):
                           "--vae", "tiny", "--allow-random-weights"])
     assert status == 2
     assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latent-scale", "1,2"], "normalisation of 2 values does not fit a VAE with 4 latent channels"),
+    (["--latent-shift", "0,0,0,0", "--latent-scale", "1,1,1"], "different channel counts"),
+    (["--latent-scale", "0"], "scale must not be 0"),
+    (["--latent-shift", "a,b"], "expected a number or a comma list of numbers"),
+])
+def test_a_latent_normalisation_that_does_not_fit_exits_2(flags, message, shards, tmp_path, capsys):
+    try:
+        status = encode_main(["--input", str(shards / "shard-00000.tar"), "--output", str(tmp_path / "cache"),
+                              "--vae", "tiny", "--allow-random-weights", *flags])
+    except SystemExit as stopped:  # argparse's own refusal of a malformed value
+        status = stopped.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("cache/*.parquet"))
 
 
 @pytest.mark.parametrize("resolution, message", [("big", "--resolution"), ("33", "multiples")])

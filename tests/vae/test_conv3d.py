@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vae import ChannelChunkConv3D
+from vae import ChannelChunkConv3D, chunk_conv3d_layers
 from vae.conv3d import causal_pad, causal_padding, pad_for_conv3d_kernel_3x3x3
 
 CASES = [
@@ -75,12 +75,46 @@ def test_channels_last_input(monkeypatch):
         torch.testing.assert_close(chunked(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
-def test_refuses_groups_and_padding_modes():
+def test_refuses_groups_and_keeps_padding_modes(monkeypatch):
     with pytest.raises(ValueError, match="groups=1 only, got groups=2"):
         ChannelChunkConv3D(4, 4, 3, groups=2)
+    monkeypatch.setattr(ChannelChunkConv3D, "CONV3D_NUMEL_LIMIT", 300)
+    x = torch.randn(1, 6, 4, 6, 6)
     for mode in ("replicate", "reflect", "circular"):
-        with pytest.raises(ValueError, match=f"padding_mode='zeros' only, got '{mode}'"):
-            ChannelChunkConv3D(4, 4, 3, padding=1, padding_mode=mode)
+        torch.manual_seed(0)
+        reference = nn.Conv3d(6, 8, 3, padding=1, padding_mode=mode)
+        torch.manual_seed(0)
+        chunked = ChannelChunkConv3D(6, 8, 3, padding=1, padding_mode=mode)
+        with torch.no_grad():
+            torch.testing.assert_close(chunked(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+class FrontPaddedConv3d(nn.Conv3d):
+    """A causal conv in diffusers' style: a Conv3d subclass that pads time in its own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1, 2, 0)))
+
+
+def test_chunk_conv3d_layers_converts_in_place_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(6, 12, 3, padding=1), nn.SiLU(), FrontPaddedConv3d(12, 8, 3),
+                          nn.Conv3d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 8, 1))
+    x = torch.randn(2, 6, 5, 8, 8)
+    keys = list(model.state_dict())
+    weight = model[2].weight
+    with torch.no_grad():
+        expected = model[:4](x)
+        assert chunk_conv3d_layers(model, numel_limit=200) == 2  # the grouped conv and the Conv2d stay
+        chunked = model[:4](x)
+    assert isinstance(model[0], ChannelChunkConv3D) and type(model[0]) is ChannelChunkConv3D
+    assert isinstance(model[2], ChannelChunkConv3D) and isinstance(model[2], FrontPaddedConv3d)
+    assert type(model[3]) is nn.Conv3d and type(model[4]) is nn.Conv2d
+    assert model[2].weight is weight and list(model.state_dict()) == keys
+    assert model[0].numel_limit == model[2].numel_limit == 200
+    torch.testing.assert_close(chunked, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="positive"):
+        chunk_conv3d_layers(model, 0)
 
 
 def test_state_dict_is_that_of_conv3d():

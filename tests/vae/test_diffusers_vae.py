@@ -21,12 +21,14 @@ from pipeline.encode.model_loading import (  # noqa: E402
     describe_vae,
     with_shipped_weights,
 )
-from pipeline.encode.scoring import ScoreSettings  # noqa: E402
-from pipeline.encode.settings import EncodeSettings  # noqa: E402
+from pipeline.encode.scoring import ScoreSettings, psnr  # noqa: E402
+from pipeline.encode.settings import EncodeSettings, RunSettings  # noqa: E402
 from pipeline.encode.shard_encoder import ShardEncoder  # noqa: E402
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.run.job_plan import plan_job  # noqa: E402
-from tests.media import encode_mp4, moving_pattern, write_tar  # noqa: E402
+from pipeline.run.runner import run_encode_job  # noqa: E402
+from pipeline.source.video_decode import ClipSampling, decode_clips, parse_resolution  # noqa: E402
+from tests.media import encode_mp4, moving_pattern, sample_video_path, write_tar  # noqa: E402
 from vae import DIFFUSERS_CLASSES, DiffusersVAE, load_model  # noqa: E402
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -89,6 +91,11 @@ def reference(name: str, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
+        buffers = dict(model.named_buffers(recurse=False))
+        if "latents_mean" in buffers:
+            # LTX's statistics start as zeros and ones: give them values, so their use shows.
+            buffers["latents_mean"].copy_(0.2 * torch.randn_like(buffers["latents_mean"]))
+            buffers["latents_std"].copy_(0.5 + torch.rand_like(buffers["latents_std"]))
     return model
 
 
@@ -317,18 +324,41 @@ def test_describe_vae_names_bad_weights(tmp_path):
         describe_vae(settings)
 
 
-def test_clip_encoder_encodes_frames_with_a_wan_vae(tmp_path):
-    expected = write_folder(tmp_path / "vae", "wan")
-    encoder = ClipEncoder(load_model(tmp_path / "vae"), torch.device("cpu"), torch.float32, max_frames_per_call=5)
-    frames = torch.randint(0, 256, (2, 5, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+def class_normalisation(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) as each class's diffusers pipeline normalises latents, read from the diffusers model:
+    per channel `(latent - latents_mean) * scaling_factor / latents_std` (Wan and Mochi configs, LTX buffers),
+    else `(latent - shift_factor) * scaling_factor`."""
+    config = model.config
+    buffers = dict(model.named_buffers(recurse=False))
+    scaling = config.get("scaling_factor") or 1.0
+    if "latents_mean" in buffers:
+        mean, std = buffers["latents_mean"], buffers["latents_std"]
+    elif config.get("latents_mean") is not None:
+        mean, std = torch.tensor(config.latents_mean), torch.tensor(config.latents_std)
+    else:
+        return torch.tensor(float(config.get("shift_factor") or 0.0)), torch.tensor(float(scaling))
+    return mean.view(-1, 1, 1, 1), scaling / std.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_clip_encoder_stores_each_class_latents_normalised_as_its_pipeline_does(tmp_path, name):
+    expected = write_folder(tmp_path / "vae", name)
+    encoder = ClipEncoder(load_model(tmp_path / "vae"), torch.device("cpu"), torch.float32, max_frames_per_call=9)
+    frames = ((clip(name) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)  # (B, T, H, W, 3)
     latent, moments = encoder.encode(frames)
     x = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     with torch.inference_mode():
-        mode = expected.encode(x).latent_dist.mode()
-        decoded = expected.decode(mode).sample
-    assert latent.shape == (2, 4, 2, 2, 2) and moments.shape == (2, 8, 2, 2, 2)
-    torch.testing.assert_close(latent, mode, atol=1e-5, rtol=0)
-    torch.testing.assert_close(encoder.decode(latent), decoded, atol=1e-5, rtol=0)
+        parameters, decoded = diffusers_encode_decode(expected, x)
+    channels = EXPECTED[name][0][3]
+    mode = parameters[:, :channels]
+    if mode.ndim == 4:  # the 2D model saw frames as a batch
+        mode = mode.unflatten(0, (1, -1)).transpose(1, 2)
+        decoded = decoded.unflatten(0, (1, -1)).transpose(1, 2)
+    shift, scale = class_normalisation(expected)
+    assert latent.shape == mode.shape and moments.shape[1] == 2 * channels
+    torch.testing.assert_close(latent, (mode - shift) * scale, atol=1e-5, rtol=0)
+    # Undoing the stored normalisation and decoding with diffusers is what the pipeline's scores decoded.
+    torch.testing.assert_close(encoder.decode(latent), decoded, atol=1e-4, rtol=0)
 
 
 def test_plan_job_refuses_a_frame_count_cogvideox_cannot_decode(tmp_path):
@@ -350,3 +380,66 @@ def test_a_shard_encodes_with_a_wan_vae_folder_without_ray(tmp_path):
     rows = list(LatentDataset(str(tmp_path / "cache"), columns=["psnr", "ssim"]))
     assert len(rows) == 2 and all(row["latent"].shape == (4, 2, 4, 4) for row in rows)
     assert all(row["psnr"] is not None and row["ssim"] is not None for row in rows)
+
+
+def test_a_job_on_real_footage_with_a_wan_vae_reads_back_normalised_per_channel(tmp_path, local_ray):
+    expected = write_folder(tmp_path / "vae", "wan")
+    videos = {name: sample_video_path(f"{name}.mp4").read_bytes() for name in ("bikes", "carphone_pristine")}
+    write_tar(tmp_path / "shard-00000.tar", [(name, {"mp4": data}) for name, data in videos.items()])
+    settings = EncodeSettings(vae=str(tmp_path / "vae"), num_frames=5, frame_stride=2, clips_per_video=2,
+                              resolution="32", latent_dtype="float32", store_moments=True,
+                              weights=str(tmp_path / "vae" / WEIGHTS), scoring=ScoreSettings(scores=("psnr",)))
+    report = run_encode_job(str(tmp_path / "shard-00000.tar"), str(tmp_path / "cache"), settings,
+                            RunSettings(num_actors=1, cpus_per_actor=1, progress=False))
+    assert report.exit_status == 0
+    dataset = LatentDataset(str(tmp_path / "cache"), columns=["sample_key", "clip_index", "psnr"])
+    shift, scale = class_normalisation(expected)
+    assert dataset.normalisation.shift == tuple(TINY["wan"]["latents_mean"])
+    torch.testing.assert_close(torch.tensor(dataset.normalisation.scale), scale.flatten(), rtol=1e-6, atol=0)
+    rows = list(dataset)
+    assert len(rows) == 4
+    for row in rows:
+        # The clip as the job decoded it, independently of the job: frames, then diffusers' own encode.
+        clips = decode_clips(videos[row["sample_key"]], ClipSampling(5, 2, 2), parse_resolution("32"), 8)
+        frames = clips[row["clip_index"]].frames.permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W) uint8
+        with torch.inference_mode():
+            mode = expected.encode(frames.float() / 127.5 - 1).latent_dist.mode()[0]
+            torch.testing.assert_close(row["latent"], (mode - shift) * scale, atol=1e-5, rtol=0)
+            decoded = expected.decode(dataset.normalisation.undo(row["latent"])[None]).sample
+        reconstruction = decoded.clamp(-1, 1).add(1).div(2)
+        assert psnr(frames.float() / 255, reconstruction).item() == pytest.approx(row["psnr"], abs=0.01)
+
+
+@pytest.mark.parametrize("name", [name for name, ((_, temporal, _, _), _) in EXPECTED.items() if temporal > 1])
+def test_chunked_conv3d_keeps_every_3d_class_outputs(tmp_path, name):
+    write_folder(tmp_path / "vae", name)
+    model = load_model(tmp_path / "vae")
+    keys = list(model.state_dict())
+    x = clip(name)
+    with torch.inference_mode():
+        moments = model.encode_moments(x)
+        z = model.latent_normalisation.apply(moments[:, : model.latent_channels])
+        decoded = model.decode(z)
+        # Small enough that every conv of these tiny models splits its channels.
+        assert vae.chunk_conv3d_layers(model, numel_limit=64) > 0
+        torch.testing.assert_close(model.encode_moments(x), moments, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.decode(z), decoded, atol=1e-5, rtol=0)
+    assert list(model.state_dict()) == keys
+
+
+def test_the_job_chunks_conv3d_as_asked_with_the_same_latents(tmp_path):
+    write_folder(tmp_path / "vae", "wan")
+    write_tar(tmp_path / "shard-00000.tar", [("v", {"mp4": encode_mp4(moving_pattern(8, 32, 32, seed=3))})])
+    settings = EncodeSettings(vae=str(tmp_path / "vae"), weights=str(tmp_path / "vae" / WEIGHTS), num_frames=5,
+                              resolution="32", latent_dtype="float32", scoring=ScoreSettings(scores=("psnr",)))
+    latents = {}
+    for chunking in ("off", "64"):
+        plan = plan_job(str(tmp_path / "shard-00000.tar"), str(tmp_path / chunking), settings)
+        encoder = ShardEncoder(plan.settings, plan.cache_fields, plan.scoring, num_threads=1,
+                               conv3d_chunk_elements=chunking)
+        chunked = [m for m in encoder.encoder.model.modules() if isinstance(m, vae.ChannelChunkConv3D)]
+        assert bool(chunked) == (chunking == "64") and all(m.numel_limit == 64 for m in chunked)
+        encoder.process(plan.tasks[0])
+        latents[chunking] = [row["latent"] for row in LatentDataset(str(tmp_path / chunking))]
+    assert len(latents["off"]) == 1
+    torch.testing.assert_close(latents["64"], latents["off"], atol=1e-5, rtol=0)
