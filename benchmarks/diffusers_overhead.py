@@ -5,13 +5,15 @@
 For each class at a small random-init config, the same uint8 clip goes through
   - the job's path: `ClipEncoder.encode` (uint8 → [-1, 1], `DiffusersVAE.encode_moments`, posterior mode,
     the class's latent normalisation, fp32 on the CPU), with the model as `jobs.encode` loads it; and
-  - diffusers directly: the same uint8 → [-1, 1] conversion, `vae.encode(x).latent_dist.mode()` and the
-    normalisation its pipeline applies, under `torch.inference_mode`, on the same model object.
+  - diffusers directly: the same uint8 → [-1, 1] conversion (contiguous, as the job passes it),
+    `vae.encode(x).latent_dist.mode()` and the normalisation its pipeline applies, under
+    `torch.inference_mode`, on a copy of the same model as diffusers ships it (the job's may have chunked convs).
 Both run interleaved in one process, `--repeats` rounds after a warm-up; the median of each is compared.
 Overhead goal: at most 5%. diffusers is needed (`pip install -e .[diffusers]`).
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -50,7 +52,9 @@ def _clip(frames: int, size: int) -> torch.Tensor:
 def _direct(model, frames: torch.Tensor) -> torch.Tensor:
     """The job's result computed with diffusers' own calls, as a user of the class would write it."""
     wrapped, normalisation = model.wrapped, model.latent_normalisation
-    x = frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+    # Contiguous, as the job hands clips to diffusers (whose reshapes need it); the permuted view would reach
+    # the convolutions channels-last, a different (on CPU, sometimes faster) kernel, not the job's overhead.
+    x = frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0).contiguous()
     with torch.inference_mode():
         if model.temporal_factor == 1:
             images = x.transpose(1, 2).flatten(0, 1)
@@ -81,14 +85,16 @@ def main() -> None:
     for class_name, (config, (frames_count, size)) in CONFIGS.items():
         torch.manual_seed(0)
         model = vae.load_model({"_class_name": class_name, **config})
+        # The job's copy may have its convolutions chunked (--conv3d-chunk-elements auto); diffusers' stays as shipped.
+        shipped = copy.deepcopy(model)
         encoder = ClipEncoder(model, torch.device("cpu"), torch.float32, max_frames_per_call=frames_count)
         frames = _clip(frames_count, size)
-        ours, direct = encoder.encode(frames)[0], _direct(model, frames)  # warm-up, and the results compared
+        ours, direct = encoder.encode(frames)[0], _direct(shipped, frames)  # warm-up, and the results compared
         job_rounds: list[float] = []
         direct_rounds: list[float] = []
         for _ in range(args.repeats):
             _time_into(lambda: encoder.encode(frames), job_rounds)
-            _time_into(lambda: _direct(model, frames), direct_rounds)
+            _time_into(lambda: _direct(shipped, frames), direct_rounds)
         job, plain = statistics.median(job_rounds), statistics.median(direct_rounds)
         print(f"{class_name:30s} {f'{frames_count}x{size}²':>12s} {job:9.3f} {plain:10.3f} "
               f"{(job / plain - 1) * 100:+8.1f}%  {(ours - direct).abs().max().item():.1e}")

@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recycle an actor after this many shards, containing decoder leaks (0: never)")
     run.add_argument("--conv3d-chunk-elements", default="auto",
                      help="split a 3D convolution over channels when its input or output exceeds N elements: N, off, "
-                          "or auto (on a GPU sized from free memory; on a CPU only above 2**31, where chunking "
-                          "saves no memory)")
+                          "or auto (an eighth of available memory, a quarter of free GPU memory, within 2**22..2**31; "
+                          "2**31 for the native 3D VAE on CPU, where chunking saves no memory)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the actors' output")
     return parser

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the shipped `small-f8` VAE and its discriminator on footage and images available offline, measures
-# them on held-out data and writes weights/small-f8/ (weights + card.json). CPU only, about 1.2 hours on
+# them on held-out data and writes weights/small-f8/ (weights + card.json; CARD.md tells them in words). CPU only, about 2.5 hours on
 # 2 cores. Rerunning it after an interruption resumes each training run from its newest checkpoint.
 #   bash scripts/setup.sh dev && .venv/bin/pip install scikit-image && bash scripts/train_default_weights.sh [WORK_DIR]
 set -euo pipefail

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -30,6 +31,9 @@ DIFFUSERS_CLASSES = (
     "AutoencoderKLMochi",
     "AutoencoderKL",
 )
+# diffusers' HunyuanVideo 1.5 attention builds a (B, S, S) causal mask that broadcasts against the head axis,
+# not the batch (diffusers 0.42): a batch of more than one clip fails there, so these classes get one per call.
+_ONE_CLIP_PER_CALL = frozenset({"AutoencoderKLHunyuanVideo15"})
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INSTALL_HINT = "pip install -e .[diffusers]"
@@ -226,7 +230,12 @@ class DiffusersVAE(nn.Module):
             frames = rearrange(x, "b c t h w -> (b t) c h w")
             moments = self.wrapped.encode(frames).latent_dist.parameters
             return rearrange(moments, "(b t) c h w -> b c t h w", b=x.shape[0])
-        return self.wrapped.encode(x).latent_dist.parameters
+        return self._calls(lambda clips: self.wrapped.encode(clips).latent_dist.parameters, x)
+
+    def _calls(self, run: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
+        if self.config.class_name in _ONE_CLIP_PER_CALL and batch.shape[0] > 1:
+            return torch.cat([run(clip) for clip in batch.split(1)])
+        return run(batch)
 
     def encode(self, x: Tensor) -> tuple[Tensor, DiagonalGaussianDistribution]:
         """Returns `(z, posterior)` with `z` the latent normalised by `latent_normalisation`."""
@@ -248,7 +257,7 @@ class DiffusersVAE(nn.Module):
         if self.config.diffusers_config.get("timestep_conditioning"):
             # LTX decoders conditioned on a denoising timestep: 0, the LTX pipelines' default decode_timestep.
             return self.wrapped.decode(latent, z.new_zeros(z.shape[0])).sample
-        return self.wrapped.decode(latent).sample
+        return self._calls(lambda clips: self.wrapped.decode(clips).sample, latent)
 
     def forward(self, x: Tensor) -> tuple[Tensor, DiagonalGaussianDistribution, Tensor]:
         z, posterior = self.encode(x)

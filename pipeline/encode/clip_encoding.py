@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from einops import rearrange
 from torch import nn
 
-from vae import DiagonalGaussianDistribution
+from vae import DiagonalGaussianDistribution, chunk_conv3d_layers
 from vae.latent_normalisation import LatentNormalisation
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -23,23 +25,40 @@ def resolve_compute(compute_dtype: str, device: str | torch.device | None = None
     return device, _DTYPES[compute_dtype]
 
 
-def conv3d_chunk_limit(setting: str, device: torch.device, dtype: torch.dtype) -> int | None:
+def available_host_memory() -> int:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), else the free pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def conv3d_chunk_limit(setting: str, device: torch.device, dtype: torch.dtype, channels_last: bool) -> int | None:
     """Elements per Conv3d call above which the call is split over channels (`--conv3d-chunk-elements`); None: the
     model's convolutions stay as they are.
 
-    auto: on a GPU, a quarter of its free memory per input or output chunk, which bounds cuDNN's workspace for
-    long, large clips (sized, not measured on a GPU); on a CPU, 2**31, the limit of 32-bit indexing only:
-    oneDNN's 3D convolution takes little memory beyond its output, and chunking it costs memory and time
-    (benchmarks.conv3d_chunking measures this)."""
+    auto sizes the limit from the memory there is, so chunking costs nothing while a clip fits comfortably: an
+    eighth of the available memory per input or output chunk (a quarter of free GPU memory on a GPU, which also
+    bounds cuDNN's workspace), between 2**22 and 2**31 elements (32-bit indexing). benchmarks.conv3d_chunking
+    measured the trade on CPU: a model run contiguous (diffusers') chunked at 2**22 encoded with 0.54x the peak
+    memory growth (Wan 2.1), but up to 1.8x the time (CogVideoX). A model run channels-last on CPU (the native
+    3D VAE) needed more memory chunked, since oneDNN's channels-last 3D convolution takes little beyond its
+    output, so it is chunked only above 2**31."""
     if setting == "off":
         return None
     if setting != "auto":
         return int(setting)
+    element_size = torch.finfo(dtype).bits // 8
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        element_size = torch.finfo(dtype).bits // 8
-        return max(2**24, min(2**31, free // (4 * element_size)))
-    return 2**31
+        return max(2**22, min(2**31, free // (4 * element_size)))
+    if channels_last:
+        return 2**31
+    return max(2**22, min(2**31, available_host_memory() // (8 * element_size)))
 
 
 def frames_to_model_input(frames: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -60,17 +79,20 @@ class ClipEncoder:
 
     def __init__(
         self, model: nn.Module, device: torch.device, dtype: torch.dtype, max_frames_per_call: int = 32,
-        normalisation: LatentNormalisation | None = None,
+        normalisation: LatentNormalisation | None = None, conv3d_chunk_elements: str = "auto",
     ) -> None:
         self.max_frames_per_call = max_frames_per_call
         self.device = device
         self.dtype = dtype
         model = model.to(device=device, dtype=dtype).eval()
-        layout = _CPU_LAYOUTS.get(model.kind)
-        if device.type == "cpu" and layout is not None:
+        layout = _CPU_LAYOUTS.get(model.kind) if device.type == "cpu" else None
+        if layout is not None:
             # Measured 1.2-2x faster for conv stacks on CPU; GPUs pick their own layouts. Not for diffusers'
             # models, whose `.view` reshapes need contiguous activations.
             model = model.to(memory_format=layout)
+        chunk_limit = conv3d_chunk_limit(conv3d_chunk_elements, device, dtype, channels_last=layout is not None)
+        if chunk_limit is not None:
+            chunk_conv3d_layers(model, chunk_limit)
         self.model = model
         # What the cache stores; the model's own unless the job replaced it (--latent-shift/--latent-scale).
         self.normalisation = normalisation or model.latent_normalisation

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.cache.schema import LATENT_DTYPES, SampleIdentity, clip_row, error_row
 from pipeline.cache.shard_writer import ShardFileWriter
-from pipeline.encode.clip_encoding import ClipEncoder, conv3d_chunk_limit, resolve_compute
+from pipeline.encode.clip_encoding import ClipEncoder, resolve_compute
 from pipeline.encode.fault_injection import inject_fault
 from pipeline.encode.model_loading import build_model, latent_normalisation
 from pipeline.encode.previews import preview_jpeg
@@ -34,7 +34,6 @@ from pipeline.source.video_decode import (
     decode_clips,
     parse_resolution,
 )
-from vae import chunk_conv3d_layers
 
 # Clips waiting in half-full batches, in units of the batch size: bounds memory whatever the shapes.
 MAX_WAITING_CLIPS_PER_BATCH = 2
@@ -125,10 +124,8 @@ class ShardEncoder:
             # Never run without a score that needs it: dropping it frees its weights' memory.
             del model.decoder
         device, dtype = resolve_compute(settings.compute_dtype, device)
-        chunk_limit = conv3d_chunk_limit(conv3d_chunk_elements, device, dtype)
-        if chunk_limit is not None:
-            chunk_conv3d_layers(model, chunk_limit)
-        self.encoder = ClipEncoder(model, device, dtype, normalisation=latent_normalisation(model, settings))
+        self.encoder = ClipEncoder(model, device, dtype, normalisation=latent_normalisation(model, settings),
+                                   conv3d_chunk_elements=conv3d_chunk_elements)
         self.scorer = ClipScorer(scoring, device, dtype, seed=settings.seed) if scoring.computed else None
         self.scoring = scoring
         self.spatial_factor = model.spatial_factor
