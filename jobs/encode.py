@@ -22,6 +22,7 @@ from pipeline.encode.settings import COMPUTE_DTYPES, EncodeSettings, RunSettings
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.run.job_summary import format_summary  # noqa: E402
 from pipeline.run.runner import JobReport, run_encode_job  # noqa: E402
+from pipeline.source.frame_readers import DECODERS  # noqa: E402
 from vae.diffusers_vae import DIFFUSERS_CLASSES  # noqa: E402
 from vae.presets import PRESETS, PRESETS_3D  # noqa: E402
 
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds one shard attempt may take before its actor is killed and the shard retried")
     run.add_argument("--max-shards-per-actor", type=int, default=50,
                      help="recycle an actor after this many shards, containing decoder leaks (0: never)")
+    run.add_argument("--decoder", choices=DECODERS, default="auto",
+                     help="decord, pyav, or auto: decord, then PyAV for a stream decord cannot decode (AV1 and others)")
     run.add_argument("--conv3d-chunk-elements", default="auto",
                      help="split a 3D convolution over channels when its input or output exceeds N elements: N, off, "
                           "or auto (an eighth of available memory, a quarter of free GPU memory, within 2**22..2**31; "
@@ -168,6 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         trust_committed=args.trust_committed,
         rethreshold=args.rethreshold,
         conv3d_chunk_elements=args.conv3d_chunk_elements,
+        decoder=args.decoder,
         verbose=args.verbose,
         progress=not args.no_progress,
     )

@@ -40,6 +40,32 @@ def encode_mp4(frames: np.ndarray, fps: int = 24, codec: str = "libx264", crf: i
     return buffer.getvalue()
 
 
+# (codec, container format, pixel format, encoder options) of the formats decoding is tested on; each made with
+# PyAV's own FFmpeg (SVT-AV1, x265, libvpx, ProRes, MJPEG), so any machine with PyAV can make them.
+CODEC_SAMPLES: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    "av1": ("libsvtav1", "mp4", "yuv420p", {"svtav1-params": "log-level=0"}),
+    "hevc-10bit": ("libx265", "mp4", "yuv420p10le", {"x265-params": "log-level=none", "crf": "12"}),
+    "vp9": ("libvpx-vp9", "webm", "yuv420p", {"crf": "10", "b": "0"}),
+    "prores": ("prores_ks", "mov", "yuv422p10le", {}),
+    "mjpeg": ("mjpeg", "avi", "yuvj420p", {"qscale": "2"}),
+}
+
+
+def encode_video(frames: np.ndarray, kind: str, fps: int = 24) -> bytes:
+    """Encode (T, H, W, 3) uint8 RGB frames as one of `CODEC_SAMPLES`, in memory."""
+    codec, container_format, pix_fmt, options = CODEC_SAMPLES[kind]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(options)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
 def moving_pattern(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """Deterministic textured frames that drift 2 px per frame, each stamped with its own index.
 

@@ -52,13 +52,15 @@ SCHEMA = pa.schema(
         ("disc_score", pa.float32()),
         ("passed", pa.bool_()),
         ("preview", pa.large_binary()),
+        # Contract 1.1: which decoder produced the frames (decord, or pyav for what decord cannot decode).
+        ("decoder", pa.string()),
     ]
 )
 
 # Latent bytes are near-incompressible; compressing them costs CPU on write and read for nothing.
 BINARY_COLUMNS = ("latent", "moments", "preview")
 COLUMN_COMPRESSION = {name: ("none" if name in BINARY_COLUMNS else "zstd") for name in SCHEMA.names}
-DICTIONARY_COLUMNS = ["source_shard", "status", "latent_dtype", "error"]
+DICTIONARY_COLUMNS = ["source_shard", "status", "latent_dtype", "error", "decoder"]
 
 SCORE_DEFINITIONS = {
     "psnr": "dB on [0,1] RGB from the clip's mean squared error, capped at 100 dB",
@@ -161,6 +163,7 @@ def clip_row(
         latent_std=float(stored.std()) if stored.numel() > 1 else 0.0,
         passed=passed,
         preview=preview,
+        decoder=clip.decoder,
     )
     row.update({SCORE_COLUMNS[name]: value for name, value in scores.items()})
     return row

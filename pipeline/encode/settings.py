@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pipeline.cache.schema import LATENT_DTYPES
 from pipeline.encode.scoring import ScoreSettings
 from pipeline.errors import UsageError
+from pipeline.source.frame_readers import DECODERS
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -76,6 +77,8 @@ class RunSettings:
     prefetch_samples: int = 4
     # Elements per Conv3d call before ChannelChunkConv3D splits it: "auto" (see conv3d_chunk_limit), "off", or N.
     conv3d_chunk_elements: str = "auto"
+    # decord, pyav, or auto: decord, then PyAV for a stream decord cannot decode (AV1, some containers).
+    decoder: str = "auto"
     verbose: bool = False
     progress: bool = True
 
@@ -94,6 +97,8 @@ class RunSettings:
             raise UsageError("--shard-timeout must be positive")
         if self.max_shards_per_actor < 0:
             raise UsageError("--max-shards-per-actor cannot be negative")
+        if self.decoder not in DECODERS:
+            raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {self.decoder!r}")
         chunking = self.conv3d_chunk_elements
         if chunking not in ("auto", "off") and not (chunking.isdigit() and int(chunking) > 0):
             raise UsageError(f"--conv3d-chunk-elements takes auto, off or a positive number of elements, not {chunking!r}")

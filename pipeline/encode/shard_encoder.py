@@ -113,6 +113,7 @@ class ShardEncoder:
         num_threads: int | None = None,
         device: str | None = None,
         conv3d_chunk_elements: str = "auto",
+        decoder: str = "auto",
     ) -> None:
         if settings.num_frames is None:
             raise ValueError("EncodeSettings.num_frames must be resolved before building a ShardEncoder")
@@ -130,6 +131,7 @@ class ShardEncoder:
         self.scoring = scoring
         self.spatial_factor = model.spatial_factor
         self.settings = settings
+        self.decoder = decoder
         self.cache_fields = cache_fields
         self.batch_size = batch_size
         self.prefetch_samples = prefetch_samples
@@ -254,7 +256,8 @@ class ShardEncoder:
             if video is None:
                 found = ", ".join(sorted(sample.members)) or "nothing"
                 return _DecodedSample(identity, [], f"no video member in this sample (found: {found})")
-            clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, limits=self.limits)
+            clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, limits=self.limits,
+                                 decoder=self.decoder)
             return _DecodedSample(identity, clips, None)
         except (VideoDecodeError, UnicodeError, ValueError) as exc:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)

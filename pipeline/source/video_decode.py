@@ -1,31 +1,22 @@
-"""Video bytes → clips of RGB frames at the size the VAE is fed (decord for decoding, torch for resizing).
+"""Video bytes → clips of RGB frames at the size the VAE is fed (decord or PyAV for decoding, torch for resizing).
 
 Sampling policy: a clip is `num_frames` frames taken every `frame_stride` source frames; up to
 `clips_per_video` clips are spread evenly over the video without overlapping. Frames are resized
 (bilinear, antialiased) to cover the target size, keeping the aspect ratio, then center-cropped.
 """
 
-import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import av
-import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.source.frame_readers import StreamInfo, VideoDecodeError, open_frames, probe_stream
+
 # Frames resized per interpolate call: bounds the float32 working copy for long clips at large sizes.
 _RESIZE_CHUNK = 16
-
-
-class VideoDecodeError(Exception):
-    """The video cannot give the clips asked for; `reason` says why, in words for an error row."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -102,6 +93,7 @@ class DecodedClip:
     height: int
     width: int
     frames: torch.Tensor  # uint8 (T, H, W, 3), RGB, contiguous
+    decoder: str = "decord"  # which decoder produced the frames: decord or pyav
 
 
 def clip_starts(total_frames: int, sampling: ClipSampling) -> list[int]:
@@ -113,31 +105,6 @@ def clip_starts(total_frames: int, sampling: ClipSampling) -> list[int]:
     if count == 1:
         return [0]
     return [i * (total_frames - span) // (count - 1) for i in range(count)]
-
-
-def _open(video: bytes, num_threads: int) -> decord.VideoReader:
-    try:
-        return decord.VideoReader(io.BytesIO(video), num_threads=num_threads)
-    except AssertionError:
-        # decord asserts a positive frame count right after opening.
-        raise VideoDecodeError("video has no frames") from None
-    except (RuntimeError, decord.DECORDError) as error:
-        raise VideoDecodeError(
-            f"cannot decode video (not a video, corrupt or truncated): {_first_line(error)}") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else type(error).__name__
-
-
-def _get_frames(reader: decord.VideoReader, indices: list[int]) -> np.ndarray:
-    try:
-        return reader.get_batch(indices).asnumpy()
-    except (RuntimeError, decord.DECORDError) as error:
-        raise VideoDecodeError(
-            f"decoding frames {indices[0]}..{indices[-1]} failed (corrupt or truncated video): {_first_line(error)}"
-        ) from None
 
 
 def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -170,36 +137,23 @@ class VideoLimits:
     max_frames: int = 100_000
 
 
-def declared_frame_size(video: bytes) -> tuple[int, int]:
-    """(height, width) that the container declares for its first video stream, read from the headers
-    with PyAV; no frame is decoded."""
-    try:
-        with av.open(io.BytesIO(video), mode="r") as container:
-            if not container.streams.video:
-                raise VideoDecodeError("the file holds no video stream")
-            context = container.streams.video[0].codec_context
-            return int(context.height), int(context.width)
-    except av.error.FFmpegError as error:
-        reason = error.strerror or _first_line(error)
-        raise VideoDecodeError(f"cannot decode video (not a video, corrupt or truncated): {reason}") from None
-
-
-def _check_limits(video: bytes, limits: VideoLimits) -> None:
-    height, width = declared_frame_size(video)
-    if height * width > limits.max_pixels:
-        raise VideoDecodeError(
-            f"declared frame size {height}x{width} is over --max-pixels {limits.max_pixels}; not decoded")
+def _check_limits(stream: StreamInfo, limits: VideoLimits) -> None:
+    if stream.height * stream.width > limits.max_pixels:
+        raise VideoDecodeError(f"declared frame size {stream.height}x{stream.width} is over --max-pixels "
+                               f"{limits.max_pixels}; not decoded")
 
 
 def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
-               num_threads: int = 1, limits: VideoLimits = VideoLimits()) -> Iterator[DecodedClip]:
+               num_threads: int = 1, limits: VideoLimits = VideoLimits(),
+               decoder: str = "auto") -> Iterator[DecodedClip]:
     """Decode the planned clips one at a time, so memory holds one clip, not the video.
 
     Everything that can be known before the first clip (unreadable bytes, too few frames, sizes that
     are not multiples of `spatial_factor`) raises VideoDecodeError here, when called, before any
     clip is produced. A later clip can still fail to decode (damage inside the stream): the iterator
-    then raises VideoDecodeError after the clips already produced. `num_threads` is decord's; resizing
-    uses torch's intra-op threads, which the caller sets.
+    then raises VideoDecodeError after the clips already produced. `decoder` is `open_frames`'s choice
+    (decord, pyav, or auto: decord, then PyAV for what decord cannot decode); `num_threads` is decord's;
+    resizing uses torch's intra-op threads, which the caller sets.
     """
     if spatial_factor < 1:
         raise ValueError(f"spatial_factor must be positive, got {spatial_factor}")
@@ -209,8 +163,9 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
             f"{spatial_factor}")
     if not video:
         raise VideoDecodeError("video is empty (0 bytes)")
-    _check_limits(video, limits)
-    reader = _open(video, num_threads)
+    stream = probe_stream(video)
+    _check_limits(stream, limits)
+    reader = open_frames(video, decoder, num_threads, stream)
     total = len(reader)
     if total > limits.max_frames:
         raise VideoDecodeError(f"video has {total} frames, over --max-frames {limits.max_frames}; not decoded")
@@ -219,10 +174,10 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
         raise VideoDecodeError(
             f"video has {total} frames; a clip of {sampling.num_frames} frames at stride {sampling.frame_stride} "
             f"needs {sampling.span}")
-    fps = float(reader.get_avg_fps()) / sampling.frame_stride
+    fps = reader.fps / sampling.frame_stride
 
     def frames_from(start: int) -> np.ndarray:
-        return _get_frames(reader, list(range(start, start + sampling.span, sampling.frame_stride)))
+        return reader.get(list(range(start, start + sampling.span, sampling.frame_stride)))
 
     first = frames_from(starts[0])
     src_height, src_width = first.shape[1:3]
@@ -242,12 +197,12 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
             yield DecodedClip(
                 clip_index=clip_index, frame_start=start, num_frames=sampling.num_frames,
                 frame_stride=sampling.frame_stride, fps=fps, src_height=src_height, src_width=src_width,
-                height=height, width=width, frames=resize_and_crop(frames, height, width))
+                height=height, width=width, frames=resize_and_crop(frames, height, width), decoder=reader.name)
 
     return clips()
 
 
 def decode_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
-                 num_threads: int = 1, limits: VideoLimits = VideoLimits()) -> list[DecodedClip]:
+                 num_threads: int = 1, limits: VideoLimits = VideoLimits(), decoder: str = "auto") -> list[DecodedClip]:
     """All clips of a video at once; a failure on any clip raises, so callers get all clips or none."""
-    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads, limits))
+    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads, limits, decoder))
