@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recycle an actor after this many shards, containing decoder leaks (0: never)")
     run.add_argument("--decoder", choices=DECODERS, default="auto",
                      help="decord, pyav, or auto: decord, then PyAV for a stream decord cannot decode (AV1 and others)")
+    run.add_argument("--decode-workers", type=int, default=0,
+                     help="threads decoding samples ahead of each actor's model (0: the actor's CPUs but one)")
+    run.add_argument("--decode-buffer-mb", type=int, default=1024,
+                     help="decoded frames those threads may hold per actor, in MiB")
     run.add_argument("--conv3d-chunk-elements", default="auto",
                      help="split a 3D convolution over channels when its input or output exceeds N elements: N, off, "
                           "or auto (an eighth of available memory, a quarter of free GPU memory, within 2**22..2**31; "
@@ -172,6 +176,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         rethreshold=args.rethreshold,
         conv3d_chunk_elements=args.conv3d_chunk_elements,
         decoder=args.decoder,
+        decode_workers=args.decode_workers,
+        decode_buffer_mb=args.decode_buffer_mb,
         verbose=args.verbose,
         progress=not args.no_progress,
     )

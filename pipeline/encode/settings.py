@@ -79,6 +79,10 @@ class RunSettings:
     conv3d_chunk_elements: str = "auto"
     # decord, pyav, or auto: decord, then PyAV for a stream decord cannot decode (AV1, some containers).
     decoder: str = "auto"
+    # Threads decoding ahead of each actor's model (0: all of its CPUs but one), and the bytes of decoded
+    # frames they may hold.
+    decode_workers: int = 0
+    decode_buffer_mb: int = 1024
     verbose: bool = False
     progress: bool = True
 
@@ -99,6 +103,8 @@ class RunSettings:
             raise UsageError("--max-shards-per-actor cannot be negative")
         if self.decoder not in DECODERS:
             raise UsageError(f"--decoder must be one of {', '.join(DECODERS)}, not {self.decoder!r}")
+        if self.decode_workers < 0 or self.decode_buffer_mb < 1:
+            raise UsageError("--decode-workers cannot be negative and --decode-buffer-mb must be positive")
         chunking = self.conv3d_chunk_elements
         if chunking not in ("auto", "off") and not (chunking.isdigit() and int(chunking) > 0):
             raise UsageError(f"--conv3d-chunk-elements takes auto, off or a positive number of elements, not {chunking!r}")

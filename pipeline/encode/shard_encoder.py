@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ import torch
 from pipeline.cache.schema import LATENT_DTYPES, SampleIdentity, clip_row, error_row
 from pipeline.cache.shard_writer import ShardFileWriter
 from pipeline.encode.clip_encoding import ClipEncoder, resolve_compute
+from pipeline.encode.decode_pool import OrderedDecodePool
 from pipeline.encode.fault_injection import inject_fault
 from pipeline.encode.model_loading import build_model, latent_normalisation
 from pipeline.encode.previews import preview_jpeg
@@ -81,12 +81,8 @@ class _DecodedSample:
     error: str | None
 
 
-_END = object()
-
-
-class _ProducerFailure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+def _decoded_bytes(sample: _DecodedSample) -> int:
+    return sum(clip.frames.nbytes for clip in sample.clips)
 
 
 @dataclass
@@ -114,6 +110,8 @@ class ShardEncoder:
         device: str | None = None,
         conv3d_chunk_elements: str = "auto",
         decoder: str = "auto",
+        decode_workers: int = 0,
+        decode_buffer_mb: int = 1024,
     ) -> None:
         if settings.num_frames is None:
             raise ValueError("EncodeSettings.num_frames must be resolved before building a ShardEncoder")
@@ -135,6 +133,9 @@ class ShardEncoder:
         self.cache_fields = cache_fields
         self.batch_size = batch_size
         self.prefetch_samples = prefetch_samples
+        # All but one of the actor's CPUs by default: the model's own thread needs one.
+        self.decode_workers = decode_workers or max(1, (num_threads or 1) - 1)
+        self.decode_buffer_bytes = decode_buffer_mb * 2**20
         self.sampling = ClipSampling(settings.num_frames, settings.frame_stride, settings.clips_per_video)
         self.resolution = parse_resolution(settings.resolution)
         self.limits = VideoLimits(settings.max_pixels, settings.max_frames)
@@ -263,40 +264,23 @@ class ShardEncoder:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)
 
     def _prefetched(self, reader: ShardReader, task: ShardTask, seconds: dict[str, float]) -> Iterator[_DecodedSample]:
-        """Decodes on a CPU thread, at most `prefetch_samples` ahead, so the model never waits on decord."""
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch_samples)
-        stop = threading.Event()
+        """Decodes on `decode_workers` threads, ahead of the model within `decode_buffer_bytes` of decoded frames
+        and `prefetch_samples` samples, handing samples out in shard order."""
+        timing = threading.Lock()
 
-        def put(item: object) -> None:
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+        def decode(indexed: tuple[int, ShardSample]) -> _DecodedSample:
+            index, sample = indexed
+            if index == 0:
+                inject_fault(task.name, task.attempt)
+            began = time.perf_counter()
+            decoded = self._decode_sample(sample, task.name)
+            with timing:
+                seconds["video_decode"] += time.perf_counter() - began
+            return decoded
 
-        def produce() -> None:
-            try:
-                for index, sample in enumerate(reader):
-                    if index == 0:
-                        inject_fault(task.name, task.attempt)
-                    t0 = time.perf_counter()
-                    decoded = self._decode_sample(sample, task.name)
-                    seconds["video_decode"] += time.perf_counter() - t0
-                    put(decoded)
-                    if stop.is_set():
-                        return
-                put(_END)
-            except BaseException as exc:  # re-raised in the consumer: the shard attempt fails
-                put(_ProducerFailure(exc))
-
-        thread = threading.Thread(target=produce, name="clip-decoder", daemon=True)
-        thread.start()
+        pool = OrderedDecodePool(decode, _decoded_bytes, self.decode_workers, self.decode_buffer_bytes,
+                                 self.prefetch_samples)
         try:
-            while (item := ready.get()) is not _END:
-                if isinstance(item, _ProducerFailure):
-                    raise item.exc
-                yield item
+            yield from pool.map(enumerate(reader))
         finally:
-            stop.set()
-            thread.join()
+            seconds["model_waited"] += pool.waited_seconds

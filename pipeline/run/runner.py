@@ -386,7 +386,8 @@ def _encode_on_ray(plan: EncodePlan, input_spec: str, output: str, run: RunSetti
     def make_actor() -> Any:
         return actor_class.remote(
             plan.settings, plan.cache_fields, plan.scoring, run.batch_size, run.prefetch_samples,
-            max(1, int(cpus)), conv3d_chunk_elements=run.conv3d_chunk_elements, decoder=run.decoder)
+            max(1, int(cpus)), conv3d_chunk_elements=run.conv3d_chunk_elements, decoder=run.decoder,
+            decode_workers=run.decode_workers, decode_buffer_mb=run.decode_buffer_mb)
 
     pool = ActorPool(make_actor, min(num_actors, len(plan.tasks)), cpus, run.gpus_per_actor,
                      run.max_shards_per_actor)
