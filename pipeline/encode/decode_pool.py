@@ -1,7 +1,8 @@
 """Decoding on several threads ahead of the model, results in input order, memory bounded in bytes.
 
-decord and PyAV release the GIL while they decode, so threads give real parallelism. Rows must stay in shard
-order whatever finishes first, so results are handed out in submission order. What is held is bounded by a
+Threads overlap decoding with the model, and with each other as far as the decoder lets go of the GIL:
+PyAV does (two threads decoding separate videos ran 1.68x one), decord 0.6 mostly does not (1.14x), and
+the torch resize does. Rows must stay in shard order whatever finishes first, so results are handed out in submission order. What is held is bounded by a
 byte budget of decoded frames (finished results not yet taken, plus an estimate for each decode running),
 not only by a count: a handful of 1080p samples can outweigh hundreds of small ones.
 """

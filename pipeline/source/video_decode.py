@@ -93,7 +93,7 @@ class DecodedClip:
     height: int
     width: int
     frames: torch.Tensor  # uint8 (T, H, W, 3), RGB, contiguous
-    decoder: str = "decord"  # which decoder produced the frames: decord or pyav
+    decoder: str  # which decoder produced the frames: decord or pyav
 
 
 def clip_starts(total_frames: int, sampling: ClipSampling) -> list[int]:
