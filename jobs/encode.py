@@ -23,6 +23,7 @@ from pipeline.errors import UsageError  # noqa: E402
 from pipeline.run.job_summary import format_summary  # noqa: E402
 from pipeline.run.runner import JobReport, run_encode_job  # noqa: E402
 from pipeline.source.frame_readers import DECODERS  # noqa: E402
+from pipeline.source.video_decode import RESIZERS  # noqa: E402
 from vae.diffusers_vae import DIFFUSERS_CLASSES  # noqa: E402
 from vae.presets import PRESETS, PRESETS_3D  # noqa: E402
 
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "a pixel count or HxW (default: 4096x4096)")
     clips.add_argument("--max-frames", type=int, default=100_000, help="refuse videos with more frames")
     clips.add_argument("--resolution", default="256", help="N (short side to N, center crop NxN), HxW (cover, center crop) or native")
+    clips.add_argument("--resize-in", choices=RESIZERS, default="torch",
+                       help="torch: antialiased bilinear on the decoded frames (the reference, default); decoder: "
+                            "FFmpeg's swscale while decoding (see the README's sizing section for which is faster)")
 
     cache = parser.add_argument_group("cache")
     cache.add_argument("--latent-shift", type=_factor,
@@ -148,6 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         keep_previews=args.keep_previews,
         max_pixels=args.max_pixels,
         max_frames=args.max_frames,
+        resize_in=args.resize_in,
         seed=args.seed,
         latent_shift=args.latent_shift,
         latent_scale=args.latent_scale,

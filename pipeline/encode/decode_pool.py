@@ -1,10 +1,12 @@
 """Decoding on several threads ahead of the model, results in input order, memory bounded in bytes.
 
-Threads overlap decoding with the model, and with each other as far as the decoder lets go of the GIL:
-PyAV does (two threads decoding separate videos ran 1.68x one), decord 0.6 mostly does not (1.14x), and
-the torch resize does. Rows must stay in shard order whatever finishes first, so results are handed out in submission order. What is held is bounded by a
-byte budget of decoded frames (finished results not yet taken, plus an estimate for each decode running),
-not only by a count: a handful of 1080p samples can outweigh hundreds of small ones.
+Threads overlap decoding with the model and with each other: decord (through ctypes), PyAV and torch's resize
+all let go of the GIL in their native code, and `python -m benchmarks.decode_throughput` shows two threads
+gaining as much as two processes doing the same work. Rows must stay in shard order whatever finishes first,
+so results are handed out in submission order. What is held is bounded by a byte budget of decoded frames
+(finished results not yet taken, plus an estimate for each decode running), not only by a count: a handful of
+1080p samples can outweigh hundreds of small ones. Each running decode also has its working copies of the
+frames at source size (the decoder's and numpy's), which the worker count bounds, not the budget.
 """
 
 import threading
@@ -40,12 +42,13 @@ class OrderedDecodePool(Generic[In, Out]):
         self._held = 0  # bytes of finished results not yet yielded
         self._running = 0
         self._largest = 0
+        self._seen = False
 
     def _admissible(self, pending: int) -> bool:
         if pending == 0:
             return True
         # Until a result has been seen, a decode may weigh the whole budget.
-        estimate = self._largest or self.budget_bytes
+        estimate = self._largest if self._seen else self.budget_bytes
         return pending < self.max_pending and self._held + (self._running + 1) * estimate <= self.budget_bytes
 
     def _run(self, item: In) -> Out:
@@ -58,6 +61,7 @@ class OrderedDecodePool(Generic[In, Out]):
         with self._lock:
             self._held += size
             self._largest = max(self._largest, size)
+            self._seen = True
             self.peak_held_bytes = max(self.peak_held_bytes, self._held)
             self._lock.notify_all()
         return result

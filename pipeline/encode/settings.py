@@ -8,6 +8,7 @@ from pipeline.cache.schema import LATENT_DTYPES
 from pipeline.encode.scoring import ScoreSettings
 from pipeline.errors import UsageError
 from pipeline.source.frame_readers import DECODERS
+from pipeline.source.video_decode import RESIZERS
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -23,6 +24,8 @@ class EncodeSettings:
     frame_stride: int = 1
     clips_per_video: int = 1
     resolution: str = "256"
+    # Where frames are resized: "torch" (antialiased bilinear, the reference) or "decoder" (FFmpeg's swscale).
+    resize_in: str = "torch"
     latent_dtype: str = "float16"
     compute_dtype: str = "auto"
     store_moments: bool = False
@@ -39,6 +42,8 @@ class EncodeSettings:
     def __post_init__(self) -> None:
         if self.latent_dtype not in LATENT_DTYPES:
             raise UsageError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, not {self.latent_dtype!r}")
+        if self.resize_in not in RESIZERS:
+            raise UsageError(f"--resize-in must be one of {', '.join(RESIZERS)}, not {self.resize_in!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise UsageError(f"--compute-dtype must be one of {list(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
         for name in ("frame_stride", "clips_per_video"):

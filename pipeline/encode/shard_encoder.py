@@ -258,7 +258,7 @@ class ShardEncoder:
                 found = ", ".join(sorted(sample.members)) or "nothing"
                 return _DecodedSample(identity, [], f"no video member in this sample (found: {found})")
             clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, limits=self.limits,
-                                 decoder=self.decoder)
+                                 decoder=self.decoder, resize_in=self.settings.resize_in)
             return _DecodedSample(identity, clips, None)
         except (VideoDecodeError, UnicodeError, ValueError) as exc:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)

@@ -90,6 +90,9 @@ def cache_identity(
     produced = dataclasses.asdict(settings)
     # The normalisation flags count through their result, the vae entry's shift_factor and scale_factor.
     del produced["vae"], produced["weights"], produced["latent_shift"], produced["latent_scale"]
+    if produced["resize_in"] == "torch":
+        # Caches from before --resize-in existed were resized by torch: they stay resumable.
+        del produced["resize_in"]
     for path_field in ("lpips_backbone", "lpips_heads", "disc_weights"):
         del produced["scoring"][path_field]
     return {
@@ -191,6 +194,7 @@ def _cache_fields(settings: EncodeSettings, vae_description: dict[str, Any], sco
             "frame_stride": settings.frame_stride,
             "clips_per_video": settings.clips_per_video,
             "resolution": settings.resolution,
+            "resize_in": settings.resize_in,
             "max_pixels": settings.max_pixels,
             "max_frames": settings.max_frames,
         },

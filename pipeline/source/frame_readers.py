@@ -5,6 +5,10 @@ FFmpeg has no AV1 decoder and refuses some containers, and it converts streams o
 component to RGB differently from FFmpeg's swscale (27 dB apart on a 10-bit HEVC test clip); PyAV (FFmpeg
 with dav1d, HEVC, VP9, ProRes, 10-bit formats) decodes those by index instead. `open_frames` picks by
 `--decoder`.
+
+Both can also scale while converting to RGB (`--resize-in decoder`: FFmpeg's swscale, bilinear, widening its
+filter when downscaling). decord 0.6 fails on some output widths (16, 24, 48, 72 among those tried; its copy
+assumes unpadded rows): the first-frame check in `open_frames` catches that, and auto then takes PyAV.
 """
 
 import io
@@ -17,6 +21,9 @@ import decord
 import numpy as np
 
 DECODERS = ("auto", "decord", "pyav")
+
+# (height, width) a reader scales frames to while converting them to RGB; None keeps the stream's size.
+Size = tuple[int, int] | None
 
 
 class VideoDecodeError(Exception):
@@ -46,9 +53,10 @@ def first_line(error: BaseException) -> str:
 class DecordFrames:
     name = "decord"
 
-    def __init__(self, video: bytes, num_threads: int = 1) -> None:
+    def __init__(self, video: bytes, num_threads: int = 1, size: Size = None) -> None:
+        height, width = size or (-1, -1)
         try:
-            self._reader = decord.VideoReader(io.BytesIO(video), num_threads=num_threads)
+            self._reader = decord.VideoReader(io.BytesIO(video), num_threads=num_threads, width=width, height=height)
         except AssertionError:
             # decord asserts a positive frame count right after opening.
             raise VideoDecodeError("video has no frames") from None
@@ -70,13 +78,16 @@ class DecordFrames:
 
 class PyAVFrames:
     """Decodes forward from the start, keeping only the frames asked for; requests in increasing order (as the
-    clips of a video come) cost one pass. The frame count is the container's where it declares one (mp4, mov),
-    else the packets counted by demuxing (webm, avi), without decoding."""
+    clips of a video come) cost one pass, and the last frame read is kept, so a request starting where the
+    previous one ended does not restart. The frame count is the container's where it declares one (mp4, mov),
+    else the packets counted by demuxing (webm, avi), without decoding. Scaling uses swscale's bilinear filter,
+    as decord does."""
 
     name = "pyav"
 
-    def __init__(self, video: bytes) -> None:
+    def __init__(self, video: bytes, size: Size = None) -> None:
         self._video = video
+        self._size = size
         try:
             with av.open(io.BytesIO(video)) as container:
                 if not container.streams.video:
@@ -92,6 +103,7 @@ class PyAVFrames:
         self._frames: Iterator[av.VideoFrame] | None = None
         self._container: av.container.InputContainer | None = None
         self._next = 0
+        self._last: av.VideoFrame | None = None  # frame self._next - 1, still in the stream's format
 
     def __len__(self) -> int:
         return self._count
@@ -101,11 +113,20 @@ class PyAVFrames:
         self._container = av.open(io.BytesIO(self._video))
         self._frames = self._container.decode(video=0)
         self._next = 0
+        self._last = None
+
+    def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        if self._size is None:
+            return frame.to_ndarray(format="rgb24")
+        height, width = self._size
+        return frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
 
     def get(self, indices: list[int]) -> np.ndarray:
-        if self._frames is None or indices[0] < self._next:
-            self._restart()
         wanted, found = set(indices), {}
+        if self._last is not None and indices[0] == self._next - 1:
+            found[indices[0]] = self._rgb(self._last)
+        elif self._frames is None or indices[0] < self._next:
+            self._restart()
         while len(found) < len(wanted):
             try:
                 frame = next(self._frames)
@@ -115,8 +136,9 @@ class PyAVFrames:
             except av.error.FFmpegError as error:
                 raise VideoDecodeError(f"decoding frame {self._next} failed (corrupt video): "
                                        f"{error.strerror or first_line(error)}") from None
+            self._last = frame
             if self._next in wanted:
-                found[self._next] = frame.to_ndarray(format="rgb24")
+                found[self._next] = self._rgb(frame)
             self._next += 1
         return np.stack([found[index] for index in indices])
 
@@ -171,16 +193,16 @@ def probe_stream(video: bytes) -> StreamInfo:
 
 
 def open_frames(video: bytes, decoder: str = "auto", num_threads: int = 1,
-                stream: StreamInfo | None = None) -> FrameReader:
+                stream: StreamInfo | None = None, size: Size = None) -> FrameReader:
     """A reader from `decoder`: decord, PyAV, or auto (PyAV for what `StreamInfo.needs_pyav`; otherwise decord,
     then PyAV for a stream decord cannot open or whose first frame it cannot decode). When every decoder tried
     fails, the reason names the stream and each decoder's message. `stream` is `probe_stream(video)`, when
-    the caller has it."""
+    the caller has it; `size` the (height, width) frames are scaled to while decoding."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     stream = stream or probe_stream(video)
-    attempts = [("decord", lambda: _first_frame_read(DecordFrames(video, num_threads))),
-                ("pyav", lambda: _first_frame_read(PyAVFrames(video)))]
+    attempts = [("decord", lambda: _first_frame_read(DecordFrames(video, num_threads, size))),
+                ("pyav", lambda: _first_frame_read(PyAVFrames(video, size)))]
     if decoder != "auto":
         attempts = [attempt for attempt in attempts if attempt[0] == decoder]
     failures = []

@@ -109,3 +109,65 @@ def test_two_decode_workers_give_the_rows_of_one_byte_for_byte(tmp_path):
     assert tables[2].column("key").to_pylist() == tables[1].column("key").to_pylist()
     assert tables[2].equals(tables[1])
     assert {"video_decode", "model_waited", "vae_encode"} <= set(seconds[2])
+
+
+_MEASURE_PEAK = """
+import os, sys, threading, time
+from pipeline.encode.decode_pool import OrderedDecodePool
+from pipeline.source.video_decode import ClipSampling, Resolution, decode_clips
+
+budget, videos = int(sys.argv[1]), [open(path, "rb").read() for path in sys.argv[2:]]
+decode = lambda video: decode_clips(video, ClipSampling(8), Resolution(), 8)
+size_of = lambda clips: sum(clip.frames.nbytes for clip in clips)
+sample = size_of(decode(videos[0]))  # also warms the decoder and the allocator
+page = os.sysconf("SC_PAGE_SIZE")
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+base = peak = rss()
+done = False
+
+def watch():
+    global peak
+    while not done:
+        peak = max(peak, rss())
+        time.sleep(0.001)
+
+watcher = threading.Thread(target=watch)
+watcher.start()
+pool = OrderedDecodePool(decode, size_of, workers=2, budget_bytes=budget, max_pending=8)
+for index, clips in enumerate(pool.map(videos)):
+    # The consumer stalls on the first result until the decoders have run as far ahead as the budget lets them
+    # (4 samples at most), so what is held is what the budget allows, not what a slow machine manages.
+    while index == 0 and pool.peak_held_bytes < min(4, budget // sample) * sample:
+        time.sleep(0.01)
+    del clips
+done = True
+watcher.join()
+print(peak - base, pool.peak_held_bytes, sample)
+"""
+
+
+def test_decoded_bytes_held_stay_within_the_buffer_measured_in_process_memory(tmp_path):
+    """720p frames at native size (22 MB a sample), 2 workers: with a small --decode-buffer-mb the process's
+    resident memory grows by the budget plus each worker's working copies, far less than with a large one."""
+    import subprocess
+    import sys
+
+    from tests.media import encode_mp4, moving_pattern
+    from tests.processes import HUNG_AFTER_S, ROOT
+
+    paths = []
+    for index in range(10):
+        paths.append(tmp_path / f"v{index}.mp4")
+        paths[-1].write_bytes(encode_mp4(moving_pattern(8, 720, 1280, seed=index), crf=28))
+    measured = {}
+    for budget in (30 * 2**20, 2**30):
+        result = subprocess.run([sys.executable, "-c", _MEASURE_PEAK, str(budget), *map(str, paths)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=HUNG_AFTER_S, check=True)
+        measured[budget] = [int(value) for value in result.stdout.split()]
+    (small_growth, small_held, sample), (large_growth, large_held, _) = measured[30 * 2**20], measured[2**30]
+    assert sample > 20 * 2**20
+    assert small_held <= 30 * 2**20 and large_held >= 4 * sample
+    # Beyond what is held: the sample the consumer has, and per worker thread the two full-size copies of a
+    # decode's frames (decord's and numpy's) that its allocator arena may keep.
+    assert small_growth <= 30 * 2**20 + (2 * 2 + 1) * sample
+    assert large_growth >= small_growth + 3 * sample

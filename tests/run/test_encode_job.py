@@ -130,7 +130,7 @@ def test_no_temporary_files_remain_and_metadata_describes_the_cache(encoded):
     assert metadata["vae"]["weights_sha256"] is None and metadata["vae"]["random_init_seed"] == 0
     assert metadata["latent_dtype"] == "float32"
     assert metadata["sampling"] == {"num_frames": 4, "frame_stride": 2, "clips_per_video": 2, "resolution": "32",
-                                    "max_pixels": 4096 * 4096, "max_frames": 100_000}
+                                    "resize_in": "torch", "max_pixels": 4096 * 4096, "max_frames": 100_000}
     # Random weights allowed: every score is computed, the two that need weights say so.
     assert metadata["scores_computed"] == ["psnr", "ssim", "lpips", "disc"] and metadata["null_scores"] == {}
     assert metadata["scores_with_random_weights"] == ["lpips", "disc_score"]
@@ -341,3 +341,14 @@ def test_file_urls_for_input_and_output(shards, tmp_path, local_ray):
     report = run_encode_job(f"file://{shards}/shard-0000{{0,1}}.tar", f"file://{tmp_path}/cache", settings, QUIET)
     assert report.exit_status == 0 and report.output == str(tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet"]
+
+
+def test_resizing_in_the_decoder_is_another_job_and_torch_the_one_caches_were_made_with(encoded, shards, capsys):
+    cache, _ = encoded
+    common = ["--input", str(shards / "shard-*.tar"), "--output", str(cache), "--vae", "tiny", "--allow-random-weights",
+              "--num-frames", "4", "--frame-stride", "2", "--clips-per-video", "2", "--resolution", "32",
+              "--latent-dtype", "float32", "--no-progress"]
+    assert encode_main([*common, "--resize-in", "decoder"]) == 2
+    assert "resize_in" in capsys.readouterr().err
+    # The default, and the value caches from before the flag were made with, adds nothing to the job's identity.
+    assert encode_main([*common, "--resize-in", "torch"]) == 0

