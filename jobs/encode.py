@@ -22,6 +22,7 @@ from pipeline.encode.settings import COMPUTE_DTYPES, EncodeSettings, RunSettings
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.run.job_summary import format_summary  # noqa: E402
 from pipeline.run.runner import JobReport, run_encode_job  # noqa: E402
+from pipeline.source.clip_plan import EXTRACTIONS  # noqa: E402
 from pipeline.source.frame_readers import DECODERS  # noqa: E402
 from pipeline.source.video_decode import RESIZERS  # noqa: E402
 from vae.diffusers_vae import DIFFUSERS_CLASSES  # noqa: E402
@@ -76,12 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     clips = parser.add_argument_group("clips")
     clips.add_argument("--num-frames", type=int, help="frames per clip (default 16 for 2D VAEs, 17 for 4x temporal VAEs)")
     clips.add_argument("--frame-stride", type=int, default=1, help="take every Nth source frame")
+    clips.add_argument("--target-fps", type=float,
+                       help="resample clips to this frame rate by timestamps (nearest source frames; variable "
+                            "frame rate footage by time), instead of --frame-stride; each row records its real fps")
     clips.add_argument("--clips-per-video", type=int, default=1, help="at most this many non-overlapping clips, spread over the video")
     clips.add_argument("--max-pixels", type=_pixels, default=4096 * 4096,
                        help="refuse (as an error row, before decoding) videos whose declared frames are larger: "
                             "a pixel count or HxW (default: 4096x4096)")
     clips.add_argument("--max-frames", type=int, default=100_000, help="refuse videos with more frames")
-    clips.add_argument("--resolution", default="256", help="N (short side to N, center crop NxN), HxW (cover, center crop) or native")
+    clips.add_argument("--resolution", help="N (short side to N, center crop NxN), HxW (cover, center crop) or "
+                                             "native; default 256")
+    clips.add_argument("--buckets", help="resolution, aspect-ratio and frame buckets instead of one --resolution: "
+                                         "area=A[,A..];aspect=W:H,..|auto;frames=F[,F..];step=S (see README)")
+    clips.add_argument("--clip-spans-from",
+                       help="json:FIELD (seconds or HH:MM:SS.mmm) or json:FIELD:frames: one clip per [start, end] "
+                            "span in each sample's JSON sidecar (scene cuts, video2dataset clips) instead of "
+                            "--frame-extraction; the longest frame bucket that fits each span")
+    clips.add_argument("--allow-upscale", action="store_true",
+                       help="put a video smaller than every bucket into the smallest one, upscaled (default: an "
+                            "error row)")
+    clips.add_argument("--frame-extraction", choices=EXTRACTIONS, default="uniform",
+                       help="clips per frame bucket: uniform (≤ --clips-per-video spread evenly, default), head, "
+                            "chunk, slide (every --slide-step frames) or full (see README)")
+    clips.add_argument("--slide-step", type=int, default=0,
+                       help="source frames between slide clips (default: half a clip's span)")
     clips.add_argument("--resize-in", choices=RESIZERS, default="torch",
                        help="torch: antialiased bilinear on the decoded frames (the reference, default); decoder: "
                             "FFmpeg's swscale while decoding (see the README's sizing section for which is faster)")
@@ -138,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSettings]:
+    if args.buckets is not None and args.resolution is not None:
+        raise UsageError("--resolution and --buckets both set the frame size: give one (--resolution N is the "
+                         "one-bucket case)")
     settings = EncodeSettings(
         vae=args.vae,
         weights=args.weights,
@@ -145,7 +167,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EncodeSettings, RunSet
         num_frames=args.num_frames,
         frame_stride=args.frame_stride,
         clips_per_video=args.clips_per_video,
-        resolution=args.resolution,
+        resolution=args.resolution or "256",
+        buckets=args.buckets,
+        allow_upscale=args.allow_upscale,
+        frame_extraction=args.frame_extraction,
+        slide_step=args.slide_step,
+        target_fps=args.target_fps,
+        clip_spans_from=args.clip_spans_from,
         latent_dtype=args.latent_dtype,
         compute_dtype=args.compute_dtype,
         store_moments=args.store_moments,

@@ -50,7 +50,12 @@ from pipeline.cache.manifest import (
 )
 from pipeline.cache.null_columns import all_null_columns
 from pipeline.cache.output_lock import OutputLock
-from pipeline.cache.schema import CONTRACT_VERSION, METADATA_KEY, SHARD_METADATA_KEY, read_cache_metadata
+from pipeline.cache.schema import (
+    CONTRACT_VERSION,
+    METADATA_KEY,
+    SHARD_METADATA_KEY,
+    read_cache_metadata,
+)
 from pipeline.cache.shard_writer import (
     ShardFileWriter,
     open_output_dir,

@@ -44,6 +44,7 @@ from pipeline.cache.schema import (
     BINARY_COLUMNS,
     LATENT_DTYPES,
     SCHEMA,
+    bucket_name,
     tensor_from_bytes,
 )
 from pipeline.cache.where import parse_where, refuse_null_columns, where_columns
@@ -54,6 +55,9 @@ __all__ = ["LatentDataset", "collate_latents", "load_latent"]
 
 
 _ALWAYS_READ = ("key", "caption", "status", "latent_shape")
+# What a bucket's name is made of, in every contract version (the `bucket` column came with 1.2).
+_BUCKET_COLUMNS = ("height", "width", "num_frames")
+_BUCKET = "__bucket"
 _ROW = "__row"
 
 
@@ -133,6 +137,14 @@ class LatentDataset(IterableDataset):
 
     Caches made with different VAEs (kind, config, weights checksum), scaling factors or contract
     versions are refused, naming the difference.
+
+    `batch_size` makes it yield ready batches (`collate_latents` dicts plus `bucket`, "HxWxF") instead of
+    samples, for `DataLoader(dataset, batch_size=None)`: each batch holds clips of one bucket (one latent
+    shape), filled from per-bucket buffers as samples arrive in the (shuffled) order above, so every
+    clip of this (rank, worker) is in exactly one batch. `bucket_batch_sizes` ({"368x688x33": 2, ...})
+    overrides the size per bucket, like Open-Sora's bucket_config, so large buckets use smaller batches.
+    What is left in each bucket at the end of the epoch is yielded as a short batch, or dropped with
+    `drop_last`.
     """
 
     def __init__(
@@ -149,6 +161,9 @@ class LatentDataset(IterableDataset):
         sample_posterior: bool = False,
         dtype: torch.dtype | None = None,
         prefetch: int = 2,
+        batch_size: int | None = None,
+        bucket_batch_sizes: dict[str, int] | None = None,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         urls = [caches] if isinstance(caches, (str, os.PathLike)) else list(caches)
@@ -164,6 +179,13 @@ class LatentDataset(IterableDataset):
             raise ValueError("shuffle_buffer must be at least 1")
         if prefetch < 0:
             raise ValueError("prefetch cannot be negative")
+        if bucket_batch_sizes and batch_size is None:
+            raise ValueError("bucket_batch_sizes needs batch_size, the size of every other bucket's batches")
+        sizes = [batch_size, *(bucket_batch_sizes or {}).values()] if batch_size is not None else []
+        if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
+            raise ValueError(f"batch sizes must be positive integers, got {sizes}")
+        self.batch_size, self.bucket_batch_sizes = batch_size, dict(bucket_batch_sizes or {})
+        self.drop_last = drop_last
         self.prefetch = prefetch
         self.columns = tuple(columns)
         self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
@@ -190,7 +212,8 @@ class LatentDataset(IterableDataset):
         check_compatible(self._files)
         if isinstance(where, str):
             refuse_null_columns(where, all_null_columns(footer for _, footer in opened))
-        self._read_columns = sorted(set(_ALWAYS_READ) | set(self.columns) | filter_columns)
+        bucket_columns = set(_BUCKET_COLUMNS) if batch_size is not None else set()
+        self._read_columns = sorted(set(_ALWAYS_READ) | set(self.columns) | filter_columns | bucket_columns)
         self._binary_column = "moments" if sample_posterior else "latent"
         if sample_posterior:
             missing = [file.location.url for file in self._files if not file.metadata.get("store_moments")]
@@ -265,6 +288,9 @@ class LatentDataset(IterableDataset):
         if self.where is not None:
             raise TypeError("len() of a LatentDataset with `where` is unknown until its rows are read; "
                             "count by iterating, or filter the cache with jobs.filter and read it without `where`")
+        if self.batch_size is not None:
+            raise TypeError("len() of a batching LatentDataset is unknown: how many batches each bucket fills "
+                            "depends on the split; count the samples with a dataset built without batch_size")
         total = 0
         for file_index, group in _run_of(self._units(), self.rank, self.world_size):
             file = self._files[file_index]
@@ -281,7 +307,23 @@ class LatentDataset(IterableDataset):
         if self.shuffle:
             samples = _shuffle_buffer(samples, self.shuffle_buffer,
                                       random.Random(_stable_seed(self.seed, self.epoch, self.rank, worker)))
+        if self.batch_size is not None:
+            return self._bucket_batches(samples)
         return samples
+
+    def _bucket_batches(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        buffers: dict[str, list[dict[str, Any]]] = {}
+        for sample in samples:
+            bucket = sample.pop(_BUCKET)
+            buffer = buffers.setdefault(bucket, [])
+            buffer.append(sample)
+            if len(buffer) == self.bucket_batch_sizes.get(bucket, self.batch_size):
+                yield {**collate_latents(buffer), "bucket": bucket}
+                buffers[bucket] = []
+        if not self.drop_last:
+            for bucket, buffer in sorted(buffers.items()):
+                if buffer:
+                    yield {**collate_latents(buffer), "bucket": bucket}
 
     def _read(self, units: Iterable[tuple[int, int]]) -> Iterator[dict[str, Any]]:
         """Samples of `units` in order; `prefetch` row groups are read ahead on threads, so the disk
@@ -343,6 +385,8 @@ class LatentDataset(IterableDataset):
         captions = selected.column("caption").to_pylist()
         shapes = selected.column("latent_shape").to_pylist()
         extra = {name: selected.column(name).to_pylist() for name in self.columns}
+        buckets = ([bucket_name(*size) for size in zip(*(selected.column(n).to_pylist() for n in _BUCKET_COLUMNS))]
+                   if self.batch_size is not None else None)
         for index, row in enumerate(rows):
             if self.sample_posterior:
                 latent = self._posterior_sample(binary.bytes_of(int(row)), shapes[index], keys[index], file)
@@ -352,6 +396,8 @@ class LatentDataset(IterableDataset):
                 latent = latent.to(self.dtype)
             sample = {"key": keys[index], "caption": captions[index], "latent": latent}
             sample.update({name: values[index] for name, values in extra.items()})
+            if buckets is not None:
+                sample[_BUCKET] = buckets[index]
             yield sample
 
     def _posterior_sample(self, raw: torch.Tensor, shape: list[int], key: str, file: CacheFile) -> torch.Tensor:

@@ -25,10 +25,12 @@ from pipeline.cache.summary import (
     QUANTILES,
     SCORES,
     CacheScan,
+    bucket_counts,
     errors_by_reason,
     format_number,
     latent_shapes,
     row_counts,
+    sampling_text,
     scan_cache,
     score_quantiles,
     score_values,
@@ -222,10 +224,8 @@ def _header(scan: CacheScan) -> str:
     shapes = latent_shapes(scan.table)
     rows.append(["latents", _e("; ".join(f"{dtype} {'x'.join(map(str, shape))} ({n} clips)"
                                          for (dtype, shape), n in shapes.most_common()) or "none")])
-    sampling = metadata.get("sampling")
-    if sampling:
-        rows.append(["sampling", _e(f"{sampling.get('num_frames')} frames, stride {sampling.get('frame_stride')}, up to "
-                                    f"{sampling.get('clips_per_video')} clips per video, resolution {sampling.get('resolution')}")])
+    if metadata.get("sampling"):
+        rows.append(["sampling", _e(sampling_text(metadata["sampling"]))])
     random_scores = metadata.get("scores_with_random_weights") or []
     if random_scores:
         rows.append(["scores", f'<span class="warn">{_e(", ".join(random_scores))} computed with RANDOM weights '
@@ -256,6 +256,34 @@ def _totals(scan: CacheScan) -> str:
     else:
         parts.append("<p>No error rows.</p>")
     return "".join(parts)
+
+
+def bucket_chart_svg(counts: list[tuple[str, int]], width: int = 520) -> str:
+    """Clips per bucket as horizontal bars, largest first, as a standalone <svg>."""
+    left, bar, gap, top = 110, 16, 4, 8
+    height = top + len(counts) * (bar + gap) + 8
+    peak = max((n for _, n in counts), default=1)
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="clips per bucket">']
+    for index, (name, count) in enumerate(counts):
+        y = top + index * (bar + gap)
+        length = count / peak * (width - left - 60)
+        parts.append(f'<text x="{left - 6}" y="{y + bar - 4}" font-size="11" text-anchor="end">{_e(name)}</text>')
+        parts.append(f'<rect x="{left}" y="{y}" width="{max(length, 1):.2f}" height="{bar}" fill="#4a7ebb">'
+                     f'<title>{_e(name)}: {count}</title></rect>')
+        parts.append(f'<text x="{left + length + 4:.2f}" y="{y + bar - 4}" font-size="11">{count}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _buckets(scan: CacheScan) -> str:
+    counts = sorted(bucket_counts(scan.table).items(), key=lambda kv: (-kv[1], kv[0]))
+    if not counts:
+        return "<p>No clips.</p>"
+    total = sum(n for _, n in counts)
+    rows = [[_e(name), *name.split("x"), n, f"{n / total:.1%}"] for name, n in counts]
+    return (_table(["bucket", "height", "width", "frames", "clips", "share"], rows, numeric={1, 2, 3, 4, 5})
+            + f'<div class="hist">{bucket_chart_svg(counts)}</div>')
 
 
 def _histograms(scan: CacheScan) -> str:
@@ -383,6 +411,7 @@ def build_report(scan: CacheScan, worst: int = 8, by: str | None = None) -> str:
         f"<h1>Latent cache report</h1><p class=\"muted\">{_e(scan.url)} · generated {_e(generated)}</p>",
         _header(scan),
         "<h2>Totals</h2>", _totals(scan),
+        "<h2>Buckets</h2>", _buckets(scan),
         "<h2>Scores</h2>", _histograms(scan),
         "<h2>Per-shard throughput</h2>", _throughput(scan),
         "<h2>Contact sheets</h2>", _sheets(scan, by, worst),

@@ -1,4 +1,4 @@
-"""Cache contract v1.1: the Parquet schema, row construction and the file-level metadata."""
+"""Cache contract v1.2: the Parquet schema, row construction and the file-level metadata."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pyarrow as pa
 import torch
 
 # "major.minor". A minor version only adds, so a reader of 1.x reads 1.0 to 1.x: 1.1 allows per-channel lists
-# in the vae entry's shift_factor/scale_factor. Caches written before minor versions existed say 1 (a number).
-CONTRACT_VERSION = "1.1"
+# in the vae entry's shift_factor/scale_factor and adds `decoder`; 1.2 adds `bucket`. Caches written before
+# minor versions existed say 1 (a number).
+CONTRACT_VERSION = "1.2"
 METADATA_KEY = b"video_latent_cache"
 SHARD_METADATA_KEY = b"video_latent_cache.shard"
 
@@ -54,13 +55,15 @@ SCHEMA = pa.schema(
         ("preview", pa.large_binary()),
         # Contract 1.1: which decoder produced the frames (decord, or pyav for what decord cannot decode).
         ("decoder", pa.string()),
+        # Contract 1.2: "HxWxF", the clip's size and frame count, for GROUP BY and bucketed batches.
+        ("bucket", pa.string()),
     ]
 )
 
 # Latent bytes are near-incompressible; compressing them costs CPU on write and read for nothing.
 BINARY_COLUMNS = ("latent", "moments", "preview")
 COLUMN_COMPRESSION = {name: ("none" if name in BINARY_COLUMNS else "zstd") for name in SCHEMA.names}
-DICTIONARY_COLUMNS = ["source_shard", "status", "latent_dtype", "error", "decoder"]
+DICTIONARY_COLUMNS = ["source_shard", "status", "latent_dtype", "error", "decoder", "bucket"]
 
 SCORE_DEFINITIONS = {
     "psnr": "dB on [0,1] RGB from the clip's mean squared error, capped at 100 dB",
@@ -129,6 +132,10 @@ def error_row(sample: SampleIdentity, reason: str) -> dict[str, Any]:
 SCORE_COLUMNS = {"psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "disc": "disc_score"}
 
 
+def bucket_name(height: int, width: int, num_frames: int) -> str:
+    return f"{height}x{width}x{num_frames}"
+
+
 def clip_row(
     sample: SampleIdentity,
     clip: Any,
@@ -164,6 +171,7 @@ def clip_row(
         passed=passed,
         preview=preview,
         decoder=clip.decoder,
+        bucket=bucket_name(clip.height, clip.width, clip.num_frames),
     )
     row.update({SCORE_COLUMNS[name]: value for name, value in scores.items()})
     return row

@@ -151,7 +151,7 @@ class ShardFileWriter:
     def add(self, row: dict[str, Any]) -> None:
         """One row as a dict of the schema's columns."""
         self._rows.append(row)
-        self._grow(1, sum(len(row[name] or b"") for name in BINARY_COLUMNS if name in row))
+        self._grow(1, _binary_bytes(row))
 
     def add_table(self, table: pa.Table) -> None:
         """Rows already in Arrow form (the filter job copies them without decoding a value)."""
@@ -207,6 +207,41 @@ class ShardFileWriter:
             self._file.close()
         finally:
             self.tmp.remove()
+
+
+def _binary_bytes(row: dict[str, Any]) -> int:
+    return sum(len(row[name] or b"") for name in BINARY_COLUMNS if name in row)
+
+
+class BucketGroupedShardWriter(ShardFileWriter):
+    """A ShardFileWriter that keeps each bucket's rows together, in row groups of their own (error rows last):
+    a read of one bucket touches whole row groups, and the others' statistics rule them out. Rows wait per
+    bucket until one reaches a row group's size, or all of them a row group's bytes (then the biggest goes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: dict[str | None, list[dict[str, Any]]] = {}
+        self._waiting_bytes: dict[str | None, int] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        bucket = row["bucket"]
+        self._waiting.setdefault(bucket, []).append(row)
+        self._waiting_bytes[bucket] = self._waiting_bytes.get(bucket, 0) + _binary_bytes(row)
+        if len(self._waiting[bucket]) >= ROW_GROUP_MAX_ROWS:
+            self._write_bucket(bucket)
+        elif sum(self._waiting_bytes.values()) >= ROW_GROUP_BYTES:
+            self._write_bucket(max(self._waiting_bytes, key=self._waiting_bytes.__getitem__))
+
+    def _write_bucket(self, bucket: str | None) -> None:
+        del self._waiting_bytes[bucket]
+        for row in self._waiting.pop(bucket):
+            super().add(row)
+        super().flush()
+
+    def flush(self) -> None:
+        for bucket in sorted(self._waiting, key=lambda name: (name is None, name or "")):
+            self._write_bucket(bucket)
+        super().flush()
 
 
 def _fsync_dir(path: str) -> None:

@@ -19,6 +19,7 @@ from pipeline.cache.schema import (
     SCHEMA,
     SCORE_COLUMNS,
     SHARD_METADATA_KEY,
+    bucket_name,
     read_cache_metadata,
 )
 from pipeline.errors import UsageError
@@ -28,7 +29,8 @@ from vae.latent_normalisation import LatentNormalisation
 SCORES = tuple(SCORE_COLUMNS.values())  # psnr, ssim, lpips, disc_score
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "disc_score": True}
 QUANTILES = (("min", 0.0), ("p10", 0.1), ("p50", 0.5), ("p90", 0.9), ("max", 1.0))
-LIGHT_COLUMNS = ("key", "status", "error", "passed", "latent_shape", "latent_dtype", "caption", *SCORES)
+LIGHT_COLUMNS = ("key", "status", "error", "passed", "latent_shape", "latent_dtype", "caption", "height", "width",
+                 "num_frames", *SCORES)
 # Fields that make two caches' latents interchangeable; files that differ in them are flagged.
 IDENTITY_FIELDS = ("contract_version", "vae", "latent_dtype", "job_hash")
 
@@ -177,6 +179,24 @@ def latent_shapes(table: pa.Table) -> Counter[tuple[str, tuple[int, ...]]]:
                    zip(ok.column("latent_dtype").to_pylist(), ok.column("latent_shape").to_pylist()))
 
 
+def bucket_counts(table: pa.Table) -> Counter[str]:
+    """Bucket ("HxWxF", as the `bucket` column holds it; derived the same way for caches older than it) → clips."""
+    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    return Counter(bucket_name(*size) for size in zip(*(ok.column(name).to_pylist()
+                                                        for name in ("height", "width", "num_frames"))))
+
+
+def sampling_text(sampling: dict[str, Any]) -> str:
+    """The `sampling` metadata entry in words."""
+    size = f"buckets {sampling['buckets']}" if sampling.get("buckets") else f"resolution {sampling.get('resolution')}"
+    time = (f"resampled to {sampling['target_fps']:g} fps" if sampling.get("target_fps")
+            else f"stride {sampling.get('frame_stride')}")
+    clips = (f"one clip per span of {sampling['clip_spans_from']}" if sampling.get("clip_spans_from")
+             else f"{sampling.get('frame_extraction', 'uniform')} extraction, up to {sampling.get('clips_per_video')} "
+                  "clips per video and frame count")
+    return f"{sampling.get('num_frames')} frames, {time}, {clips}, {size}"
+
+
 def thresholds(metadata: dict[str, Any]) -> dict[str, tuple[str, float]]:
     """Score column → (op, bound) from the metadata's `thresholds` (`{"psnr": ">= 30"}`)."""
     parsed = {}
@@ -253,10 +273,12 @@ def format_cache_summary(scan: CacheScan) -> str:
     shape_text = "; ".join(f"{dtype} {'x'.join(map(str, shape))} ({n} clips)" for (dtype, shape), n in shapes.most_common())
     lines.append(f"{'latents':<14}{shape_text or 'none (no ok rows)'}"
                  f"{'; with moments' if metadata.get('store_moments') else ''}")
-    sampling = metadata.get("sampling")
-    if sampling:
-        lines.append(f"{'sampling':<14}{sampling.get('num_frames')} frames, stride {sampling.get('frame_stride')}, "
-                     f"up to {sampling.get('clips_per_video')} clips per video, resolution {sampling.get('resolution')}")
+    if metadata.get("sampling"):
+        lines.append(f"{'sampling':<14}{sampling_text(metadata['sampling'])}")
+    buckets = bucket_counts(scan.table)
+    lines.append(f"{'buckets':<14}" + ("; ".join(f"{name} ({n} clips)" for name, n in
+                                                 sorted(buckets.items(), key=lambda kv: (-kv[1], kv[0])))
+                                       or "none (no ok rows)"))
     lines.append(f"{'previews':<14}{scan.previews} of {counts.rows} rows" if scan.previews
                  else f"{'previews':<14}none (encode with --keep-previews)")
     limits = thresholds(metadata)

@@ -64,7 +64,8 @@ def default_num_frames(temporal_factor: int) -> int:
     return 16 if temporal_factor == 1 else 4 * temporal_factor + 1
 
 
-def check_num_frames(num_frames: int, temporal_factor: int, frame_step: int | None = None) -> None:
+def check_num_frames(num_frames: int, temporal_factor: int, frame_step: int | None = None,
+                     flag: str = "--num-frames") -> None:
     """A causal VAE compressing time by f takes 1 + f*k frames (1 + frame_step*k where its decoder needs more,
     as CogVideoX's does)."""
     step = frame_step or temporal_factor
@@ -74,7 +75,7 @@ def check_num_frames(num_frames: int, temporal_factor: int, frame_step: int | No
     above = below + step
     nearest = f"{below} or {above}" if below > 1 else f"{above}"
     raise UsageError(
-        f"--num-frames {num_frames} does not fit a VAE that compresses time by {temporal_factor} "
+        f"{flag} {num_frames} does not fit a VAE that compresses time by {temporal_factor} "
         f"(it takes 1 + {step}k frames); use {nearest}"
     )
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pipeline.cache.schema import LATENT_DTYPES
 from pipeline.encode.scoring import ScoreSettings
 from pipeline.errors import UsageError
+from pipeline.source.clip_plan import EXTRACTIONS
+from pipeline.source.clip_spans import parse_span_source
 from pipeline.source.frame_readers import DECODERS
 from pipeline.source.video_decode import RESIZERS
 
@@ -24,6 +26,15 @@ class EncodeSettings:
     frame_stride: int = 1
     clips_per_video: int = 1
     resolution: str = "256"
+    # `--buckets`: areas, aspect ratios and frame counts instead of one resolution (pipeline.source.buckets).
+    buckets: str | None = None
+    allow_upscale: bool = False
+    frame_extraction: str = "uniform"
+    slide_step: int = 0
+    # Resample clips to this many frames per second by timestamps (instead of an integer frame_stride).
+    target_fps: float | None = None
+    # `json:FIELD[:frames]`: one clip per [start, end] span listed in the sample's JSON sidecar.
+    clip_spans_from: str | None = None
     # Where frames are resized: "torch" (antialiased bilinear, the reference) or "decoder" (FFmpeg's swscale).
     resize_in: str = "torch"
     latent_dtype: str = "float16"
@@ -42,6 +53,20 @@ class EncodeSettings:
     def __post_init__(self) -> None:
         if self.latent_dtype not in LATENT_DTYPES:
             raise UsageError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, not {self.latent_dtype!r}")
+        if self.frame_extraction not in EXTRACTIONS:
+            raise UsageError(f"--frame-extraction must be one of {', '.join(EXTRACTIONS)}, not "
+                             f"{self.frame_extraction!r}")
+        if self.slide_step < 0:
+            raise UsageError("--slide-step cannot be negative")
+        if self.target_fps is not None and not 0 < self.target_fps < float("inf"):
+            raise UsageError("--target-fps must be a positive number")
+        if self.target_fps is not None and self.frame_stride != 1:
+            raise UsageError("--target-fps picks frames by time; it replaces --frame-stride: give one")
+        if self.clip_spans_from is not None:
+            try:
+                parse_span_source(self.clip_spans_from)
+            except ValueError as error:
+                raise UsageError(f"--clip-spans-from: {error}") from None
         if self.resize_in not in RESIZERS:
             raise UsageError(f"--resize-in must be one of {', '.join(RESIZERS)}, not {self.resize_in!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:

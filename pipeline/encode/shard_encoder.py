@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from pipeline.cache.schema import LATENT_DTYPES, SampleIdentity, clip_row, error_row
-from pipeline.cache.shard_writer import ShardFileWriter
+from pipeline.cache.shard_writer import BucketGroupedShardWriter, ShardFileWriter
 from pipeline.encode.clip_encoding import ClipEncoder, resolve_compute
 from pipeline.encode.decode_pool import OrderedDecodePool
 from pipeline.encode.fault_injection import inject_fault
@@ -24,6 +24,8 @@ from pipeline.encode.model_loading import build_model, latent_normalisation
 from pipeline.encode.previews import preview_jpeg
 from pipeline.encode.scoring import ClipScorer, ScoringPlan, passes
 from pipeline.encode.settings import EncodeSettings
+from pipeline.source.buckets import parse_buckets
+from pipeline.source.clip_spans import parse_span_source, read_spans
 from pipeline.source.input_identity import input_stat
 from pipeline.source.shard_reader import ShardReader, ShardSample
 from pipeline.source.video_decode import (
@@ -136,9 +138,15 @@ class ShardEncoder:
         # All but one of the actor's CPUs by default: the model's own thread needs one.
         self.decode_workers = decode_workers or max(1, (num_threads or 1) - 1)
         self.decode_buffer_bytes = decode_buffer_mb * 2**20
-        self.sampling = ClipSampling(settings.num_frames, settings.frame_stride, settings.clips_per_video)
-        self.resolution = parse_resolution(settings.resolution)
+        if settings.buckets is not None:
+            self.resolution = parse_buckets(settings.buckets, self.spatial_factor, settings.allow_upscale)
+            frame_buckets = self.resolution.frames
+        else:
+            self.resolution, frame_buckets = parse_resolution(settings.resolution), ()
+        self.sampling = ClipSampling(settings.num_frames, settings.frame_stride, settings.clips_per_video,
+                                     frame_buckets, settings.frame_extraction, settings.slide_step, settings.target_fps)
         self.limits = VideoLimits(settings.max_pixels, settings.max_frames)
+        self.span_source = parse_span_source(settings.clip_spans_from) if settings.clip_spans_from else None
 
     def process(self, task: ShardTask, on_progress: Callable[[int, int], None] | None = None) -> ShardOutcome:
         """Encode one shard and commit its file; `on_progress(clips, error_rows)` after each sample."""
@@ -146,7 +154,9 @@ class ShardEncoder:
         # Taken before reading: a shard replaced meanwhile then looks changed on resume, never unchanged.
         input_before_reading = input_stat(task.url)
         reader = ShardReader(task.url)
-        writer = ShardFileWriter(task.output_dir, task.name, self.cache_fields, task.attempt)
+        # With buckets, a file's rows are grouped by bucket, so a bucketed read touches whole row groups.
+        writer_class = ShardFileWriter if self.settings.buckets is None else BucketGroupedShardWriter
+        writer = writer_class(task.output_dir, task.name, self.cache_fields, task.attempt)
         outcome = ShardOutcome(task.url, task.name, "committed", None, samples=0, clips=0, error_rows=0)
         seconds: dict[str, float] = defaultdict(float)
         samples: dict[int, _SampleInProgress] = {}
@@ -257,8 +267,10 @@ class ShardEncoder:
             if video is None:
                 found = ", ".join(sorted(sample.members)) or "nothing"
                 return _DecodedSample(identity, [], f"no video member in this sample (found: {found})")
+            spans = read_spans(identity.meta, self.span_source) if self.span_source else None
             clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, limits=self.limits,
-                                 decoder=self.decoder, resize_in=self.settings.resize_in)
+                                 decoder=self.decoder, resize_in=self.settings.resize_in, spans=spans,
+                                 span_unit=self.span_source.unit if self.span_source else "seconds")
             return _DecodedSample(identity, clips, None)
         except (VideoDecodeError, UnicodeError, ValueError) as exc:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)

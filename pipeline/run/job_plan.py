@@ -42,6 +42,7 @@ from pipeline.run.job_differences import (
     metadata_differences,
 )
 from pipeline.run.rethreshold import rethreshold_file
+from pipeline.source.buckets import BucketSpecError, parse_buckets
 from pipeline.source.input_identity import input_changed
 from pipeline.source.shard_urls import (
     InputSpecError,
@@ -83,6 +84,11 @@ class EncodePlan:
     resume: ResumeCheck
 
 
+SETTINGS_ADDED_LATER = {"resize_in": "torch", "buckets": None, "allow_upscale": False,
+                        "frame_extraction": "uniform", "slide_step": 0, "target_fps": None,
+                        "clip_spans_from": None}
+
+
 def cache_identity(
     settings: EncodeSettings, vae_description: dict[str, Any], scoring: ScoringPlan, score_weights: dict[str, str | None]
 ) -> dict[str, Any]:
@@ -90,9 +96,11 @@ def cache_identity(
     produced = dataclasses.asdict(settings)
     # The normalisation flags count through their result, the vae entry's shift_factor and scale_factor.
     del produced["vae"], produced["weights"], produced["latent_shift"], produced["latent_scale"]
-    if produced["resize_in"] == "torch":
-        # Caches from before --resize-in existed were resized by torch: they stay resumable.
-        del produced["resize_in"]
+    for name, original in SETTINGS_ADDED_LATER.items():
+        # At the value caches made before the setting existed were made with, it leaves their identity as it
+        # was, so they stay resumable.
+        if produced[name] == original:
+            del produced[name]
     for path_field in ("lpips_backbone", "lpips_heads", "disc_weights"):
         del produced["scoring"][path_field]
     return {
@@ -182,6 +190,22 @@ def _check_resolution(text: str, spatial_factor: int) -> None:
         )
 
 
+def _with_checked_buckets(settings: EncodeSettings, vae_description: dict[str, Any]) -> EncodeSettings:
+    """The settings with the bucket spec in its canonical form (equal specs, one job identity) and the first
+    frame bucket as num_frames; a spec the VAE cannot take is a usage error naming the nearest valid values."""
+    try:
+        spec = parse_buckets(settings.buckets, vae_description["spatial_factor"])
+    except BucketSpecError as exc:
+        raise UsageError(f"--buckets: {exc}") from exc
+    for frames in spec.frames:
+        check_num_frames(frames, vae_description["temporal_factor"], vae_description.get("frame_step"),
+                         flag="--buckets frames=")
+    if spec.frames and settings.num_frames is not None and settings.num_frames not in spec.frames:
+        raise UsageError(f"--num-frames {settings.num_frames} is not among --buckets frames={spec.frames}: "
+                         "give the frame counts in one place")
+    return replace(settings, buckets=str(spec), num_frames=spec.frames[0] if spec.frames else settings.num_frames)
+
+
 def _cache_fields(settings: EncodeSettings, vae_description: dict[str, Any], scoring: ScoringPlan,
                   score_weights: dict[str, str | None], job_hash: str) -> dict[str, Any]:
     """The job's self-description, in every file's metadata."""
@@ -193,7 +217,13 @@ def _cache_fields(settings: EncodeSettings, vae_description: dict[str, Any], sco
             "num_frames": settings.num_frames,
             "frame_stride": settings.frame_stride,
             "clips_per_video": settings.clips_per_video,
-            "resolution": settings.resolution,
+            "resolution": None if settings.buckets else settings.resolution,
+            "buckets": settings.buckets,
+            "allow_upscale": settings.allow_upscale,
+            "frame_extraction": settings.frame_extraction,
+            "slide_step": settings.slide_step,
+            "target_fps": settings.target_fps,
+            "clip_spans_from": settings.clip_spans_from,
             "resize_in": settings.resize_in,
             "max_pixels": settings.max_pixels,
             "max_frames": settings.max_frames,
@@ -237,10 +267,13 @@ def plan_job(input_spec: str, output: str, settings: EncodeSettings, overwrite: 
     unless its input changed (not checked with `trust_committed`). With `rethreshold`, the committed
     files of a job differing only in thresholds are rewritten here, and the manifest with them."""
     vae_description = describe_vae(settings)
+    if settings.buckets is not None:
+        settings = _with_checked_buckets(settings, vae_description)
     if settings.num_frames is None:
         settings = replace(settings, num_frames=default_num_frames(vae_description["temporal_factor"]))
     check_num_frames(settings.num_frames, vae_description["temporal_factor"], vae_description.get("frame_step"))
-    _check_resolution(settings.resolution, vae_description["spatial_factor"])
+    if settings.buckets is None:
+        _check_resolution(settings.resolution, vae_description["spatial_factor"])
     try:
         urls = expand_input_spec(input_spec)
         names = check_unique_names(urls)

@@ -44,6 +44,11 @@ class FrameReader(Protocol):
         """uint8 RGB frames (N, H, W, 3) at `indices`, in increasing order."""
         ...
 
+    def timestamps(self) -> np.ndarray:
+        """Presentation time in seconds of each frame, from the container (no frame decoded): what variable
+        frame rate footage is resampled by."""
+        ...
+
 
 def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
@@ -66,6 +71,9 @@ class DecordFrames:
 
     def __len__(self) -> int:
         return len(self._reader)
+
+    def timestamps(self) -> np.ndarray:
+        return self._reader.get_frame_timestamp(np.arange(len(self)))[:, 0].astype(np.float64)
 
     def get(self, indices: list[int]) -> np.ndarray:
         try:
@@ -107,6 +115,16 @@ class PyAVFrames:
 
     def __len__(self) -> int:
         return self._count
+
+    def timestamps(self) -> np.ndarray:
+        with av.open(io.BytesIO(self._video)) as container:
+            stream = container.streams.video[0]
+            points = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None and packet.size)
+            start = stream.start_time or 0
+        seconds = np.array([(pts - start) * stream.time_base for pts in points[:self._count]], dtype=np.float64)
+        if len(seconds) < self._count:
+            raise VideoDecodeError(f"the container gives timestamps for {len(seconds)} of its {self._count} frames")
+        return seconds
 
     def _restart(self) -> None:
         self.close()

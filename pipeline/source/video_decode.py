@@ -1,8 +1,8 @@
 """Video bytes → clips of RGB frames at the size the VAE is fed (decord or PyAV decoding and, by default, resizing).
 
-Sampling policy: a clip is `num_frames` frames taken every `frame_stride` source frames; up to
-`clips_per_video` clips are spread evenly over the video without overlapping. Frames are resized
-(bilinear, antialiased) to cover the target size, keeping the aspect ratio, then center-cropped. `resize_in`
+Which frames become clips is `clip_plan`'s (frame buckets, extraction modes); the target size is the
+`--resolution`, or the video's bucket (`buckets`). Frames are resized (bilinear, antialiased) to cover the
+target size, keeping the aspect ratio, then center-cropped. `resize_in`
 says where: "decoder" (FFmpeg's swscale while converting to RGB; the default, several times faster) or
 "torch" (float interpolation of the full-size RGB frames; the exact reference). The two agree within
 about 45 dB PSNR.
@@ -16,27 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.source.frame_readers import StreamInfo, VideoDecodeError, open_frames, probe_stream
+from pipeline.source.buckets import BucketSpec
+from pipeline.source.clip_plan import ClipSampling, plan_clips, plan_spans, resample_to_fps
+from pipeline.source.frame_readers import (
+    StreamInfo,
+    VideoDecodeError,
+    open_frames,
+    probe_stream,
+)
 
 RESIZERS = ("decoder", "torch")
-
-
-@dataclass(frozen=True)
-class ClipSampling:
-    num_frames: int
-    frame_stride: int = 1
-    clips_per_video: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("num_frames", "frame_stride", "clips_per_video"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-    @property
-    def span(self) -> int:
-        """Source frames one clip covers, first to last."""
-        return (self.num_frames - 1) * self.frame_stride + 1
 
 
 @dataclass(frozen=True)
@@ -88,7 +77,7 @@ class DecodedClip:
     clip_index: int
     frame_start: int
     num_frames: int
-    frame_stride: int
+    frame_stride: int | None  # None when resampled by time (--target-fps) with no single stride
     fps: float
     src_height: int
     src_width: int
@@ -96,17 +85,6 @@ class DecodedClip:
     width: int
     frames: torch.Tensor  # uint8 (T, H, W, 3), RGB, contiguous
     decoder: str  # which decoder produced the frames: decord or pyav
-
-
-def clip_starts(total_frames: int, sampling: ClipSampling) -> list[int]:
-    """First source frame of each clip: as many as fit (at most clips_per_video), evenly spread, no overlap."""
-    span = sampling.span
-    count = min(sampling.clips_per_video, total_frames // span)
-    if count == 0:
-        return []
-    if count == 1:
-        return [0]
-    return [i * (total_frames - span) // (count - 1) for i in range(count)]
 
 
 def cover_size(src_height: int, src_width: int, height: int, width: int) -> tuple[int, int]:
@@ -147,30 +125,39 @@ def _check_limits(stream: StreamInfo, limits: VideoLimits) -> None:
                                f"{limits.max_pixels}; not decoded")
 
 
-def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
+def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | BucketSpec, spatial_factor: int,
                num_threads: int = 1, limits: VideoLimits = VideoLimits(),
-               decoder: str = "auto", resize_in: str = "torch") -> Iterator[DecodedClip]:
+               decoder: str = "auto", resize_in: str = "torch", spans: list[tuple[float, float]] | None = None,
+               span_unit: str = "seconds") -> Iterator[DecodedClip]:
     """Decode the planned clips one at a time, so memory holds one clip, not the video.
 
+    `resolution` is one target size (or native), or buckets, of which the video's declared size picks one.
     Everything that can be known before the first clip (unreadable bytes, too few frames, sizes that
-    are not multiples of `spatial_factor`) raises VideoDecodeError here, when called, before any
+    are not multiples of `spatial_factor`, a video smaller than every bucket) raises VideoDecodeError here, when called, before any
     clip is produced. A later clip can still fail to decode (damage inside the stream): the iterator
     then raises VideoDecodeError after the clips already produced. `decoder` is `open_frames`'s choice
     (decord, pyav, or auto: decord, then PyAV for what decord cannot decode); `num_threads` is decord's;
-    `resize_in` "torch" resizes on torch's intra-op threads, which the caller sets.
+    `resize_in` "torch" resizes on torch's intra-op threads, which the caller sets. `spans` ([start, end) in
+    seconds from the first frame, or source frames with `span_unit="frames"`) replace the extraction mode:
+    one clip per span (`clip_plan.plan_spans`).
     """
     if spatial_factor < 1:
         raise ValueError(f"spatial_factor must be positive, got {spatial_factor}")
     if resize_in not in RESIZERS:
         raise ValueError(f"resize_in must be one of {RESIZERS}, got {resize_in!r}")
-    if not resolution.is_native and (resolution.height % spatial_factor or resolution.width % spatial_factor):
-        raise VideoDecodeError(
-            f"resolution {resolution.height}x{resolution.width} is not a multiple of the VAE's spatial factor "
-            f"{spatial_factor}")
     if not video:
         raise VideoDecodeError("video is empty (0 bytes)")
     stream = probe_stream(video)
     _check_limits(stream, limits)
+    if isinstance(resolution, BucketSpec):
+        try:
+            resolution = Resolution(*resolution.choose(stream.height, stream.width))
+        except ValueError as error:
+            raise VideoDecodeError(str(error)) from None
+    if not resolution.is_native and (resolution.height % spatial_factor or resolution.width % spatial_factor):
+        raise VideoDecodeError(
+            f"resolution {resolution.height}x{resolution.width} is not a multiple of the VAE's spatial factor "
+            f"{spatial_factor}")
     scaled = None
     if resize_in == "decoder" and not resolution.is_native and stream.height and stream.width:
         scaled = cover_size(stream.height, stream.width, resolution.height, resolution.width)
@@ -178,17 +165,37 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
     total = len(reader)
     if total > limits.max_frames:
         raise VideoDecodeError(f"video has {total} frames, over --max-frames {limits.max_frames}; not decoded")
-    starts = clip_starts(total, sampling)
-    if not starts:
+    # With a target fps, clips are planned on the resampled sequence; `source_of` maps it to source frames.
+    times = reader.timestamps() if sampling.target_fps or (spans is not None and span_unit == "seconds") else None
+    source_of = resample_to_fps(times, sampling.target_fps) if sampling.target_fps else np.arange(total)
+    if spans is not None:
+        plan = plan_spans(_span_frames(spans, span_unit, times, source_of, sampling.target_fps), sampling)
+        if not plan:
+            raise VideoDecodeError(f"none of the sample's {len(spans)} clip spans holds a clip of "
+                                   f"{sampling.frame_counts[0]} frames (the shortest) at stride {sampling.frame_stride}")
+    else:
+        plan = plan_clips(len(source_of), sampling)
+    if not plan:
+        which = " (the shortest frame bucket)" if len(sampling.frame_counts) > 1 else ""
         raise VideoDecodeError(
-            f"video has {total} frames; a clip of {sampling.num_frames} frames at stride {sampling.frame_stride} "
-            f"needs {sampling.span}")
-    fps = reader.fps / sampling.frame_stride
+            f"video has {total} frames; a clip of {sampling.frame_counts[0]} frames{which} at stride "
+            f"{sampling.frame_stride} needs {sampling.span}")
+    def indices_of(start: int, count: int) -> list[int]:
+        return [int(source_of[i]) for i in range(start, start + sampling.span_of(count), sampling.frame_stride)]
 
-    def frames_from(start: int) -> np.ndarray:
-        return reader.get(list(range(start, start + sampling.span, sampling.frame_stride)))
+    def timing_of(indices: list[int]) -> tuple[int | None, float]:
+        """(stride, fps) of a clip: the source stride when constant, and the rate its frames really have."""
+        steps = set(np.diff(indices).tolist())
+        stride = steps.pop() if len(steps) == 1 else (sampling.frame_stride if len(indices) == 1 else None)
+        if times is None:
+            return stride, reader.fps / sampling.frame_stride
+        elapsed = times[indices[-1]] - times[indices[0]]
+        return stride, (len(indices) - 1) / elapsed if elapsed > 0 else float(sampling.target_fps)
 
-    first = frames_from(starts[0])
+    def frames_from(start: int, count: int) -> np.ndarray:
+        return reader.get(indices_of(start, count))
+
+    first = frames_from(*plan[0])
     src_height, src_width = (stream.height, stream.width) if scaled else first.shape[1:3]
     if resolution.is_native and (src_height % spatial_factor or src_width % spatial_factor):
         raise VideoDecodeError(
@@ -198,21 +205,41 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spa
 
     def clips() -> Iterator[DecodedClip]:
         nonlocal first
-        for clip_index, start in enumerate(starts):
+        for clip_index, (start, count) in enumerate(plan):
             if clip_index == 0:
                 frames, first = first, None  # let the first clip go once it is handed out
             else:
-                frames = frames_from(start)
+                frames = frames_from(start, count)
+            indices = indices_of(start, count)
+            stride, fps = timing_of(indices)
             yield DecodedClip(
-                clip_index=clip_index, frame_start=start, num_frames=sampling.num_frames,
-                frame_stride=sampling.frame_stride, fps=fps, src_height=src_height, src_width=src_width,
+                clip_index=clip_index, frame_start=indices[0], num_frames=count,
+                frame_stride=stride, fps=fps, src_height=src_height, src_width=src_width,
                 height=height, width=width, frames=resize_and_crop(frames, height, width), decoder=reader.name)
 
     return clips()
 
 
-def decode_clips(video: bytes, sampling: ClipSampling, resolution: Resolution, spatial_factor: int,
+def _span_frames(spans: list[tuple[float, float]], unit: str, times: np.ndarray | None, source_of: np.ndarray,
+                 target_fps: float | None) -> list[tuple[int, int]]:
+    """Spans as [first, end) indices of the frames clips are planned on (source frames, or the resampled ones)."""
+    if unit == "frames" and not target_fps:
+        return [(min(int(start), len(source_of)), min(int(end), len(source_of))) for start, end in spans]
+    if unit == "frames":
+        # Source frames to the times the resampled sequence is planned on.
+        last = len(times) - 1
+        spans = [(times[min(int(start), last)] - times[0], times[min(int(end), last)] - times[0]
+                  if end <= last else float("inf")) for start, end in spans]
+    planned_times = (np.arange(len(source_of)) / target_fps if target_fps else times - times[0])
+    # A microsecond of slack for timestamps rounded to the container's time base.
+    return [(int(np.searchsorted(planned_times, start - 1e-6)), int(np.searchsorted(planned_times, end - 1e-6)))
+            for start, end in spans]
+
+
+def decode_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | BucketSpec, spatial_factor: int,
                  num_threads: int = 1, limits: VideoLimits = VideoLimits(), decoder: str = "auto",
-                 resize_in: str = "torch") -> list[DecodedClip]:
+                 resize_in: str = "torch", spans: list[tuple[float, float]] | None = None,
+                 span_unit: str = "seconds") -> list[DecodedClip]:
     """All clips of a video at once; a failure on any clip raises, so callers get all clips or none."""
-    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads, limits, decoder, resize_in))
+    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads, limits, decoder, resize_in,
+                           spans, span_unit))

@@ -69,7 +69,7 @@ def test_commit_is_atomic_and_carries_metadata(tmp_path):
     assert list((tmp_path / TMP_DIR_NAME).iterdir()) == []
     metadata = pq.read_metadata(committed.path).metadata
     assert read_cache_metadata(metadata)["job_hash"] == "abc"
-    assert read_cache_metadata(metadata)["contract_version"] == CONTRACT_VERSION == "1.1"
+    assert read_cache_metadata(metadata)["contract_version"] == CONTRACT_VERSION == "1.2"
     assert json.loads(metadata[SHARD_METADATA_KEY]) == {"samples": 1, "status": "committed"}
     table = pq.read_table(committed.path)
     assert table.schema.equals(SCHEMA)

@@ -17,7 +17,12 @@ from fsspec.implementations.local import LocalFileSystem
 from torch.utils.data import DataLoader
 
 from pipeline.cache.reader import LatentDataset, collate_latents, load_latent
-from pipeline.cache.schema import COLUMN_COMPRESSION, DICTIONARY_COLUMNS, METADATA_KEY, read_cache_metadata
+from pipeline.cache.schema import (
+    COLUMN_COMPRESSION,
+    DICTIONARY_COLUMNS,
+    METADATA_KEY,
+    read_cache_metadata,
+)
 from pipeline.encode.scoring import ScoreSettings
 from pipeline.encode.settings import EncodeSettings, RunSettings
 from pipeline.run.runner import run_encode_job
@@ -409,9 +414,9 @@ def _rewrite_metadata(source: Path, target: Path, change) -> Path:
 
 def test_other_contract_versions_and_weights_are_refused(caches, tmp_path):
     source = caches["main"] / "shard-00000.parquet"
-    for version in (2, "2.0", "1.2", "one"):
+    for version in (2, "2.0", "1.3", "one"):
         future = _rewrite_metadata(source, tmp_path / f"v{version}", lambda m, v=version: m.update(contract_version=v))
-        with pytest.raises(ValueError, match=f"contract_version {version}; this reader reads contract versions 1 to 1.1"):
+        with pytest.raises(ValueError, match=f"contract_version {version}; this reader reads contract versions 1 to 1.2"):
             LatentDataset([caches["main"], future])
     other_weights = _rewrite_metadata(source, tmp_path / "weights", lambda m: m["vae"].update(weights_sha256="ab12"))
     with pytest.raises(ValueError, match="vae.weights_sha256 is None there but 'ab12' here"):

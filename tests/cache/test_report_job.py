@@ -101,7 +101,8 @@ def test_the_page_is_self_contained_and_every_image_decodes(report):
         image = _decode(attributes["src"])
         assert image.height == 2 * 96 and image.width == 4 * 96
     svgs = _svgs(page)
-    assert len(svgs) == 4  # one histogram per score with values
+    assert len(svgs) == 5  # clips per bucket, and one histogram per score with values
+    assert svgs[0].get("aria-label") == "clips per bucket"
     for svg in svgs:
         assert svg.tag == "svg" and svg.findall("rect")
 
@@ -123,7 +124,7 @@ def test_totals_and_errors_by_reason(report, cache):
 
 def test_histograms_draw_the_threshold(report):
     _, page = report
-    svgs = _svgs(page)
+    svgs = [svg for svg in _svgs(page) if svg.get("aria-label") != "clips per bucket"]
     titles = [svg.find("text").text for svg in svgs]
     assert titles == ["psnr (higher is better)", "ssim (higher is better)", "lpips (lower is better)",
                       "disc_score (higher is better)"]
@@ -190,7 +191,7 @@ def test_a_cache_without_previews_says_how_to_get_them(bare_cache, tmp_path):
     parsed = _parse(page)
     assert NO_PREVIEWS in " ".join(parsed.text) and "encode with --keep-previews" in page
     assert parsed.images == []
-    assert len(_svgs(page)) == 3
+    assert len(_svgs(page)) == 4  # clips per bucket, and the 3 scores with values
     assert "lpips: no values (no LPIPS weights given)" in " ".join(parsed.text)
     assert "From the files&#x27; footers (no _manifest.json)" in page
 

@@ -15,7 +15,7 @@ def test_encode_help_lists_every_preset_and_shows_every_default():
         assert preset in text
     for shown in ("--clips-per-video CLIPS_PER_VIDEO at most this many non-overlapping clips, spread over the "
                   "video (default: 1)", "(default: 4)", "(default: 2)", "(default: 3600.0)", "(default: 50)",
-                  "stored latents (default: float16)", "(default: 256)", "(default: 0)"):
+                  "stored latents (default: float16)", "native; default 256", "(default: 0)"):
         assert shown in text
 
 

@@ -124,13 +124,15 @@ def test_no_temporary_files_remain_and_metadata_describes_the_cache(encoded):
     file = pq.ParquetFile(cache / "shard-00000.parquet")
     assert file.schema_arrow.remove_metadata().equals(SCHEMA)
     metadata = read_cache_metadata(file.schema_arrow.metadata)
-    assert metadata["contract_version"] == "1.1"
+    assert metadata["contract_version"] == "1.2"
     assert metadata["allow_random_weights"] is True
     assert metadata["vae"]["kind"] == "autoencoder_2d" and metadata["vae"]["spatial_factor"] == 2
     assert metadata["vae"]["weights_sha256"] is None and metadata["vae"]["random_init_seed"] == 0
     assert metadata["latent_dtype"] == "float32"
     assert metadata["sampling"] == {"num_frames": 4, "frame_stride": 2, "clips_per_video": 2, "resolution": "32",
-                                    "resize_in": "torch", "max_pixels": 4096 * 4096, "max_frames": 100_000}
+                                    "resize_in": "torch", "max_pixels": 4096 * 4096, "max_frames": 100_000,
+                                    "buckets": None, "allow_upscale": False, "frame_extraction": "uniform",
+                                    "slide_step": 0, "target_fps": None, "clip_spans_from": None}
     # Random weights allowed: every score is computed, the two that need weights say so.
     assert metadata["scores_computed"] == ["psnr", "ssim", "lpips", "disc"] and metadata["null_scores"] == {}
     assert metadata["scores_with_random_weights"] == ["lpips", "disc_score"]

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.source.clip_plan import plan_clips
 from pipeline.source.video_decode import (
     ClipSampling,
     Resolution,
     VideoDecodeError,
-    clip_starts,
     decode_clips,
     iter_clips,
     parse_resolution,
@@ -41,8 +41,8 @@ def gradient_video(height: int, width: int, num_frames: int = 4) -> bytes:
     (18, ClipSampling(10, frame_stride=2), []),
     (0, ClipSampling(1), []),
 ])
-def test_clip_starts(total, sampling, expected):
-    assert clip_starts(total, sampling) == expected
+def test_uniform_extraction_spreads_clips_evenly_without_overlap(total, sampling, expected):
+    assert plan_clips(total, sampling) == [(start, sampling.num_frames) for start in expected]
 
 
 @pytest.mark.parametrize("bad", [dict(num_frames=0), dict(num_frames=4, frame_stride=0),
@@ -70,7 +70,7 @@ def test_parse_resolution_round_trips():
 def test_clips_hold_the_planned_source_frames(pattern_video, stride):
     sampling = ClipSampling(num_frames=6, frame_stride=stride, clips_per_video=2)
     clips = decode_clips(pattern_video, sampling, NATIVE, spatial_factor=8)
-    assert [clip.frame_start for clip in clips] == clip_starts(40, sampling)
+    assert [clip.frame_start for clip in clips] == [start for start, _ in plan_clips(40, sampling)]
     for clip_index, clip in enumerate(clips):
         planned = list(range(clip.frame_start, clip.frame_start + 6 * stride, stride))
         assert [frame_index_of(frame) for frame in clip.frames.numpy()] == planned

@@ -13,8 +13,20 @@ from pipeline.encode.shard_encoder import ShardEncoder
 from pipeline.reader import LatentDataset
 from pipeline.run.job_plan import plan_job
 from pipeline.source.frame_readers import PyAVFrames, open_frames
-from pipeline.source.video_decode import ClipSampling, Resolution, VideoDecodeError, decode_clips, resize_and_crop
-from tests.media import CODEC_SAMPLES, encode_mp4, encode_video, moving_pattern, write_tar
+from pipeline.source.video_decode import (
+    ClipSampling,
+    Resolution,
+    VideoDecodeError,
+    decode_clips,
+    resize_and_crop,
+)
+from tests.media import (
+    CODEC_SAMPLES,
+    encode_mp4,
+    encode_video,
+    moving_pattern,
+    write_tar,
+)
 
 SAMPLING = ClipSampling(num_frames=4, frame_stride=2, clips_per_video=2)
 PYAV_KINDS = {"av1": "pyav", "hevc-10bit": "pyav", "prores": "pyav"}  # AV1, and 10-bit pixel formats
