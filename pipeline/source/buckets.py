@@ -70,8 +70,15 @@ class BucketSpec:
 
 
 def _size_for(area: int, aspect: float, step: int) -> tuple[int, int]:
-    width = max(step, round(area * math.sqrt(aspect) / step) * step)
-    return _size_for_width(area, width, step)
+    """The size within the area's budget whose ratio is nearest `aspect` (then the larger), from either side
+    rounded down or up to a step: the same rule for a ratio and its inverse, so 16:9 and 9:16 are transposes."""
+    candidates = []
+    for ideal, transposed in ((area * math.sqrt(aspect), False), (area / math.sqrt(aspect), True)):
+        for side in {math.floor(ideal / step) * step, math.ceil(ideal / step) * step}:
+            if side >= step:
+                height, width = _size_for_width(area, side, step)
+                candidates.append((width, height) if transposed else (height, width))
+    return min(candidates, key=lambda size: (abs(math.log(size[1] / size[0] / aspect)), -size[0] * size[1], size))
 
 
 def _size_for_width(area: int, width: int, step: int) -> tuple[int, int]:
