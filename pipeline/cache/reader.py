@@ -365,7 +365,9 @@ class LatentDataset(IterableDataset):
         else:
             parquet = pq.ParquetFile(file.location.path, filesystem=filesystem, metadata=footer)
         try:
-            table = parquet.read_row_group(group, columns=self._read_columns)
+            # A column newer than the file's contract version (`bucket` in a 1.1 file) is not read from it.
+            present = set(parquet.schema_arrow.names)
+            table = parquet.read_row_group(group, columns=[name for name in self._read_columns if name in present])
             table = table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
             selected = table.filter(self._filter)
             if selected.num_rows == 0:

@@ -402,9 +402,9 @@ def test_caches_of_different_vaes_are_refused_naming_the_difference(caches):
     assert str(caches["other_vae"]) in message and str(caches["main"]) in message
 
 
-def _rewrite_metadata(source: Path, target: Path, change) -> Path:
+def _rewrite_metadata(source: Path, target: Path, change, drop: tuple[str, ...] = ()) -> Path:
     target.mkdir()
-    table = pq.read_table(source)
+    table = pq.read_table(source).drop_columns(list(drop))
     metadata = json.loads(table.schema.metadata[METADATA_KEY])
     change(metadata)
     table = table.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: json.dumps(metadata).encode()})
@@ -536,10 +536,17 @@ def test_per_channel_normalisation_is_stored_and_undone(caches, tmp_path):
 
 
 def test_caches_of_contract_version_1_are_read_and_mixed_with_newer_ones(caches, tmp_path):
+    # A contract-1 file has neither of the columns later minor versions added.
     old = _rewrite_metadata(caches["main"] / "shard-00001.parquet", tmp_path / "v1",
-                            lambda m: m.update(contract_version=1))
+                            lambda m: m.update(contract_version=1), drop=("decoder", "bucket"))
     assert read_cache_metadata(pq.read_schema(old / "shard-00001.parquet").metadata)["contract_version"] == 1
     from_old = {sample["key"]: sample["latent"] for sample in LatentDataset(old)}
     mixed = {sample["key"]: sample["latent"] for sample in LatentDataset([caches["main"], old])}
     assert from_old and set(from_old) <= set(mixed)
     assert all(torch.equal(latent, mixed[key]) for key, latent in from_old.items())
+    # An expression filter reads every metadata column a file has; bucketed batches need no bucket column.
+    expression = LatentDataset([caches["main"], old], where=pc.field("num_frames") > 0)
+    assert {sample["key"] for sample in expression} == set(mixed)
+    every = sorted(sample["key"] for sample in LatentDataset([caches["main"], old]))  # old's keys twice
+    batched = LatentDataset([caches["main"], old], batch_size=2)
+    assert sorted(key for batch in batched for key in batch["key"]) == every
