@@ -5,6 +5,8 @@ import math
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -12,6 +14,20 @@ import torch
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def best_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time of each function over `repeats` rounds after a warm-up call, the functions taking turns, so
+    a slow spell of a shared machine does not fall on one of them only."""
+    for function in functions.values():
+        function()  # warm-up: oneDNN primitive creation, the allocator
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(repeats):
+        for name, function in functions.items():
+            began = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - began)
+    return best
 
 
 def run_child(module: str, *args: str) -> dict:

@@ -13,13 +13,12 @@ diffusers is a test-only dependency and is needed here.
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from benchmarks._common import moving_pattern, peak_rss_mb, run_child
+from benchmarks._common import best_times, moving_pattern, peak_rss_mb, run_child
 
 MODULE = "benchmarks.vae3d_vs_diffusers"
 VARIANTS = {
@@ -63,16 +62,31 @@ def _encode_fn(variant: str, weights: str):
     return encode, torch.contiguous_format
 
 
-def _timed(encode, x) -> float:
-    start = time.perf_counter()
-    encode(x)
-    return time.perf_counter() - start
-
-
 def peak_rss_child(variant: str, weights: str, frames: int, size: int) -> dict:
     encode, layout = _encode_fn(variant, weights)
     encode(moving_pattern(frames, size, size).contiguous(memory_format=layout))
     return {"peak_rss_mb": peak_rss_mb()}
+
+
+def measure(frames: int, size: int, repeats: int, with_rss: bool = True) -> dict[str, dict[str, float]]:
+    """Per variant: best seconds, peak RSS in MiB (each in its own process; skipped without `with_rss`) and the
+    largest difference of its moments from diffusers'."""
+    import vae
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = str(Path(tmp) / "weights.safetensors")
+        torch.manual_seed(0)
+        save_file(vae.load_model("hunyuan-vae").state_dict(), weights)
+        sizes = ["--frames", str(frames), "--size", str(size)]
+        rss = {v: run_child(MODULE, "--variant", v, "--weights", weights, *sizes)["peak_rss_mb"] if with_rss
+               else float("nan") for v in VARIANTS}
+        encoders = {v: _encode_fn(v, weights) for v in VARIANTS}
+    clip = moving_pattern(frames, size, size)
+    inputs = {v: clip.contiguous(memory_format=layout) for v, (_, layout) in encoders.items()}
+    moments = {v: encode(inputs[v]) for v, (encode, _) in encoders.items()}
+    best = best_times({v: (lambda v=v: encoders[v][0](inputs[v])) for v in VARIANTS}, repeats)
+    return {v: {"seconds": best[v], "peak_rss_mb": rss[v],
+                "max_diff": (moments[v] - moments["diffusers"]).abs().max().item()} for v in VARIANTS}
 
 
 def main() -> None:
@@ -86,27 +100,14 @@ def main() -> None:
     if args.variant:
         print(json.dumps(peak_rss_child(args.variant, args.weights, args.frames, args.size)))
         return
-    import vae
-
     print(f"hunyuan-vae (full width), random weights, fp32 CPU, {torch.get_num_threads()} threads, "
           f"clip 1x3x{args.frames}x{args.size}x{args.size}, untiled; time: best of {args.repeats} rounds after a "
           "warm-up, variants interleaved in one process; peak RSS: one encode per variant, each in its own process")
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = str(Path(tmp) / "weights.safetensors")
-        torch.manual_seed(0)
-        save_file(vae.load_model("hunyuan-vae").state_dict(), weights)
-        sizes = ["--frames", str(args.frames), "--size", str(args.size)]
-        rss = {v: run_child(MODULE, "--variant", v, "--weights", weights, *sizes)["peak_rss_mb"] for v in VARIANTS}
-        encoders = {v: _encode_fn(v, weights) for v in VARIANTS}
-    clip = moving_pattern(args.frames, args.size, args.size)
-    inputs = {v: clip.contiguous(memory_format=layout) for v, (_, layout) in encoders.items()}
-    moments = {v: encode(inputs[v]) for v, (encode, _) in encoders.items()}  # warm-up
-    best = dict.fromkeys(VARIANTS, float("inf"))
-    for _ in range(args.repeats):
-        for v in VARIANTS:
-            best[v] = min(best[v], _timed(encoders[v][0], inputs[v]))
+    results = measure(args.frames, args.size, args.repeats)
+    best = {v: result["seconds"] for v, result in results.items()}
+    rss = {v: result["peak_rss_mb"] for v, result in results.items()}
     for variant, description in VARIANTS.items():
-        diff = (moments[variant] - moments["diffusers"]).abs().max().item()
+        diff = results[variant]["max_diff"]
         print(f"{variant:16s} {best[variant]:7.2f} s  {args.frames / best[variant]:6.3f} frames/s  "
               f"peak RSS {rss[variant]:6.0f} MiB  max |moments - diffusers| {diff:.2e}  ({description})")
     for variant in ("ours", "ours-contiguous"):

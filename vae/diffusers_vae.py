@@ -280,3 +280,22 @@ def diffusers_vae_from_config(values: dict[str, Any], source: str) -> DiffusersV
         raise ValueError(f"unsupported {class_name} fields in {source} (diffusers {diffusers.__version__}): "
                          f"{', '.join(unknown)}")
     return DiffusersVAE(cls.from_config(values))
+
+
+def autoencoder_kl_like(config: Any, state_dict: dict[str, Tensor]) -> nn.Module:
+    """diffusers' `AutoencoderKL` with the architecture of an `AutoEncoderConfig` (Flux or SD layout) and its
+    weights, converted by diffusers' own LDM converter: the model a diffusers user would run in its place."""
+    diffusers = import_diffusers()
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    levels = len(config.ch_mult)
+    diffusers_config = dict(
+        in_channels=config.in_channels, out_channels=config.out_ch,
+        down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+        block_out_channels=[config.ch * m for m in config.ch_mult], layers_per_block=config.num_res_blocks,
+        latent_channels=config.z_channels, norm_num_groups=32, use_quant_conv=config.use_quant_conv,
+        use_post_quant_conv=config.use_quant_conv,
+    )
+    model = diffusers.AutoencoderKL(**diffusers_config).eval()
+    model.load_state_dict(convert_ldm_vae_checkpoint(state_dict, diffusers_config), strict=True)
+    return model

@@ -192,35 +192,16 @@ def test_rejects_other_ranks():
         tiny_model().encode(torch.randn(3, 16, 16))
 
 
-def diffusers_reference(config: AutoEncoderConfig, state_dict):
-    diffusers = pytest.importorskip("diffusers")
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    levels = len(config.ch_mult)
-    ref_config = dict(
-        in_channels=config.in_channels,
-        out_channels=config.out_ch,
-        down_block_types=["DownEncoderBlock2D"] * levels,
-        up_block_types=["UpDecoderBlock2D"] * levels,
-        block_out_channels=[config.ch * m for m in config.ch_mult],
-        layers_per_block=config.num_res_blocks,
-        latent_channels=config.z_channels,
-        norm_num_groups=32,
-        use_quant_conv=config.use_quant_conv,
-        use_post_quant_conv=config.use_quant_conv,
-    )
-    reference = diffusers.AutoencoderKL(**ref_config).eval()
-    reference.load_state_dict(convert_ldm_vae_checkpoint(state_dict, ref_config), strict=True)
-    return reference
-
-
 @pytest.mark.parametrize("config", [FLUX_LIKE, SD_LIKE], ids=["flux", "sd"])
 def test_parity_with_diffusers(config):
     model = tiny_model(config, seed=1)
     # Non-trivial norms and biases, so that a swapped or skipped parameter shows.
     state_dict = {k: v + 0.1 * torch.randn_like(v) for k, v in model.state_dict().items()}
     model.load_state_dict(state_dict)
-    reference = diffusers_reference(config, state_dict)
+    pytest.importorskip("diffusers")
+    from vae.diffusers_vae import autoencoder_kl_like
+
+    reference = autoencoder_kl_like(config, state_dict)
     x = torch.randn(2, 3, 24, 16)
     with torch.no_grad():
         z, posterior = model.encode(x)
