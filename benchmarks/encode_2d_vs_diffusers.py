@@ -11,9 +11,11 @@ on CPU. Each variant starts from uint8 frames and ends with float16 latents, as 
 - diffusers channels-last: the same model and input moved to channels-last, the best a user can do by hand.
 
 Variants take turns for `--repeats` rounds after a warm-up; the best time of each is kept, so a slow spell
-of a shared machine does not fall on one of them only. The convolution ceiling: a 3×3 convolution at the
-encoder's widest full-resolution layer, channels-last fp32, timed the same way; the encoder's share of it is
-(FLOPs of every convolution in one encode, counted with hooks) / encode time / that convolution's FLOP rate.
+of a shared machine does not fall on one of them only. The convolution ceiling: every convolution call of
+one encode is recorded with hooks, and each distinct (layer, input shape) is then timed alone on a random
+input of that shape, channels-last as the encoder runs it; their sum is how long the encode would take if it
+did nothing but convolve at this machine's measured rate for those shapes. The encoder's share is that time
+over its real time (1.0: nothing but convolutions), and the FLOP rate is the convolutions' FLOPs over it.
 """
 
 import argparse
@@ -25,31 +27,29 @@ from torch import nn
 from benchmarks._common import best_times
 
 
-def conv_flops(model: nn.Module, run: Callable[[], object]) -> int:
-    """FLOPs (2 per multiply-add) of every Conv2d call during `run()`."""
-    total = 0
+def conv_ceiling(model: nn.Module, run: Callable[[], object], repeats: int) -> tuple[float, int]:
+    """(seconds the convolutions of one `run()` take timed alone, their FLOPs; 2 per multiply-add)."""
+    calls: dict[tuple[int, tuple[int, ...]], list] = {}
 
-    def count(module: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        total += 2 * output.numel() * kernel
+    def record(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        key = (id(module), tuple(inputs[0].shape))
+        if key not in calls:
+            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            calls[key] = [module, inputs[0].shape, 0, 2 * output.numel() * kernel]
+        calls[key][2] += 1
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
         run()
     finally:
         for handle in handles:
             handle.remove()
-    return total
-
-
-def conv_ceiling(channels: int, size: int, repeats: int) -> float:
-    """FLOP/s of one channels-last fp32 3×3 convolution, channels → channels at size², batch 1."""
-    conv = nn.Conv2d(channels, channels, 3, padding=1).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+    inputs = {key: torch.randn(shape).contiguous(memory_format=torch.channels_last)
+              for key, (_, shape, _, _) in calls.items()}
     with torch.inference_mode():
-        seconds = best_times({"conv": lambda: conv(x)}, repeats)["conv"]
-    return 2 * size * size * channels * channels * 9 / seconds
+        alone = best_times({str(key): (lambda key=key: calls[key][0](inputs[key])) for key in calls}, repeats)
+    seconds = sum(alone[str(key)] * count for key, (_, _, count, _) in calls.items())
+    return seconds, sum(flops * count for _, _, count, flops in calls.values())
 
 
 def measure(preset: str, size: int, frames: int, repeats: int) -> dict[str, float]:
@@ -83,12 +83,11 @@ def measure(preset: str, size: int, frames: int, repeats: int) -> dict[str, floa
         "diffusers_channels_last": lambda: diffusers_run(reference_cl, torch.channels_last),
     }
     seconds = best_times(variants, repeats)
-    flops = conv_flops(encoder.model, production)
-    ceiling = conv_ceiling(config.ch * config.ch_mult[0], size, repeats)
+    conv_seconds, flops = conv_ceiling(encoder.model, production, repeats)
     return {
         **{f"{name}_fps": frames / value for name, value in seconds.items()},
-        "conv_share": flops / seconds["production"] / ceiling,
-        "conv_ceiling_gflops": ceiling / 1e9,
+        "conv_share": conv_seconds / seconds["production"],
+        "conv_ceiling_gflops": flops / conv_seconds / 1e9,
         "encoder_gflop_per_frame": flops / frames / 1e9,
     }
 
@@ -108,7 +107,8 @@ def main() -> None:
                   f"{result['diffusers_fps']:.2f} ({result['production_fps'] / result['diffusers_fps']:.2f}x), "
                   f"diffusers channels-last {result['diffusers_channels_last_fps']:.2f} "
                   f"({result['production_fps'] / result['diffusers_channels_last_fps']:.2f}x); "
-                  f"{result['conv_share']:.0%} of a 3x3 conv's {result['conv_ceiling_gflops']:.0f} GFLOP/s")
+                  f"its convolutions timed alone ({result['conv_ceiling_gflops']:.0f} GFLOP/s) are "
+                  f"{result['conv_share']:.0%} of its time")
 
 
 if __name__ == "__main__":
