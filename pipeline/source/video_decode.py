@@ -133,8 +133,8 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | Bu
 
     `resolution` is one target size (or native), or buckets, of which the video's declared size picks one.
     Everything that can be known before the first clip (unreadable bytes, too few frames, sizes that
-    are not multiples of `spatial_factor`, a video smaller than every bucket) raises VideoDecodeError here, when called, before any
-    clip is produced. A later clip can still fail to decode (damage inside the stream): the iterator
+    are not multiples of `spatial_factor`, a video smaller than every bucket) raises VideoDecodeError here,
+    when called, before any clip is produced. A later clip can still fail to decode (damage inside the stream): the iterator
     then raises VideoDecodeError after the clips already produced. `decoder` is `open_frames`'s choice
     (decord, pyav, or auto: decord, then PyAV for what decord cannot decode); `num_threads` is decord's;
     `resize_in` "torch" resizes on torch's intra-op threads, which the caller sets. `spans` ([start, end) in
@@ -175,11 +175,12 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | Bu
                                    f"{sampling.frame_counts[0]} frames (the shortest) at stride {sampling.frame_stride}")
     else:
         plan = plan_clips(len(source_of), sampling)
-    if not plan:
-        which = " (the shortest frame bucket)" if len(sampling.frame_counts) > 1 else ""
-        raise VideoDecodeError(
-            f"video has {total} frames; a clip of {sampling.frame_counts[0]} frames{which} at stride "
-            f"{sampling.frame_stride} needs {sampling.span}")
+        if not plan:
+            which = " (the shortest frame bucket)" if len(sampling.frame_counts) > 1 else ""
+            raise VideoDecodeError(
+                f"video has {total} frames; a clip of {sampling.frame_counts[0]} frames{which} at stride "
+                f"{sampling.frame_stride} needs {sampling.span}")
+
     def indices_of(start: int, count: int) -> list[int]:
         return [int(source_of[i]) for i in range(start, start + sampling.span_of(count), sampling.frame_stride)]
 
@@ -187,10 +188,11 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | Bu
         """(stride, fps) of a clip: the source stride when constant, and the rate its frames really have."""
         steps = set(np.diff(indices).tolist())
         stride = steps.pop() if len(steps) == 1 else (sampling.frame_stride if len(indices) == 1 else None)
+        nominal = float(sampling.target_fps or reader.fps / sampling.frame_stride)
         if times is None:
-            return stride, reader.fps / sampling.frame_stride
+            return stride, nominal
         elapsed = times[indices[-1]] - times[indices[0]]
-        return stride, (len(indices) - 1) / elapsed if elapsed > 0 else float(sampling.target_fps)
+        return stride, (len(indices) - 1) / elapsed if elapsed > 0 else nominal
 
     def frames_from(start: int, count: int) -> np.ndarray:
         return reader.get(indices_of(start, count))

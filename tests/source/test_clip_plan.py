@@ -139,3 +139,10 @@ def test_bad_spans_say_what_is_wrong(meta, message):
 
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         read_spans(meta, SpanSource("scenes"))
+
+
+def test_a_one_frame_clip_from_a_span_keeps_the_source_rate():
+    video = encode_mp4(moving_pattern(20, 48, 64), fps=25)
+    (clip,) = decode_clips(video, ClipSampling(1), Resolution(), 8, spans=[(0.2, 0.5)])
+    assert (clip.frame_start, clip.num_frames, clip.frame_stride) == (5, 1, 1)
+    assert clip.fps == pytest.approx(25)
