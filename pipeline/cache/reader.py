@@ -42,6 +42,7 @@ from pipeline.cache.latent_files import (
 from pipeline.cache.null_columns import all_null_columns
 from pipeline.cache.schema import (
     BINARY_COLUMNS,
+    BUCKET_COLUMNS,
     LATENT_DTYPES,
     SCHEMA,
     bucket_name,
@@ -55,8 +56,6 @@ __all__ = ["LatentDataset", "collate_latents", "load_latent"]
 
 
 _ALWAYS_READ = ("key", "caption", "status", "latent_shape")
-# What a bucket's name is made of, in every contract version (the `bucket` column came with 1.2).
-_BUCKET_COLUMNS = ("height", "width", "num_frames")
 _BUCKET = "__bucket"
 _ROW = "__row"
 
@@ -212,7 +211,7 @@ class LatentDataset(IterableDataset):
         check_compatible(self._files)
         if isinstance(where, str):
             refuse_null_columns(where, all_null_columns(footer for _, footer in opened))
-        bucket_columns = set(_BUCKET_COLUMNS) if batch_size is not None else set()
+        bucket_columns = set(BUCKET_COLUMNS) if batch_size is not None else set()
         self._read_columns = sorted(set(_ALWAYS_READ) | set(self.columns) | filter_columns | bucket_columns)
         self._binary_column = "moments" if sample_posterior else "latent"
         if sample_posterior:
@@ -387,7 +386,7 @@ class LatentDataset(IterableDataset):
         captions = selected.column("caption").to_pylist()
         shapes = selected.column("latent_shape").to_pylist()
         extra = {name: selected.column(name).to_pylist() for name in self.columns}
-        buckets = ([bucket_name(*size) for size in zip(*(selected.column(n).to_pylist() for n in _BUCKET_COLUMNS))]
+        buckets = ([bucket_name(*size) for size in zip(*(selected.column(n).to_pylist() for n in BUCKET_COLUMNS))]
                    if self.batch_size is not None else None)
         for index, row in enumerate(rows):
             if self.sample_posterior:

@@ -277,7 +277,7 @@ def bucket_chart_svg(counts: list[tuple[str, int]], width: int = 520) -> str:
 
 
 def _buckets(scan: CacheScan) -> str:
-    counts = sorted(bucket_counts(scan.table).items(), key=lambda kv: (-kv[1], kv[0]))
+    counts = bucket_counts(scan.table)
     if not counts:
         return "<p>No clips.</p>"
     total = sum(n for _, n in counts)

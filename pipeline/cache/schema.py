@@ -132,6 +132,10 @@ def error_row(sample: SampleIdentity, reason: str) -> dict[str, Any]:
 SCORE_COLUMNS = {"psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "disc": "disc_score"}
 
 
+# What a bucket's name is made of, in every contract version (the `bucket` column came with 1.2).
+BUCKET_COLUMNS = ("height", "width", "num_frames")
+
+
 def bucket_name(height: int, width: int, num_frames: int) -> str:
     return f"{height}x{width}x{num_frames}"
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.cache.manifest import cache_files, load_manifest, shard_name
 from pipeline.cache.schema import (
+    BUCKET_COLUMNS,
     SCHEMA,
     SCORE_COLUMNS,
     SHARD_METADATA_KEY,
@@ -179,11 +180,12 @@ def latent_shapes(table: pa.Table) -> Counter[tuple[str, tuple[int, ...]]]:
                    zip(ok.column("latent_dtype").to_pylist(), ok.column("latent_shape").to_pylist()))
 
 
-def bucket_counts(table: pa.Table) -> Counter[str]:
-    """Bucket ("HxWxF", as the `bucket` column holds it; derived the same way for caches older than it) → clips."""
+def bucket_counts(table: pa.Table) -> list[tuple[str, int]]:
+    """(bucket, clips), most clips first; the bucket "HxWxF" as the `bucket` column holds it, derived the same
+    way for caches older than that column."""
     ok = table.filter(pc.equal(table.column("status"), "ok"))
-    return Counter(bucket_name(*size) for size in zip(*(ok.column(name).to_pylist()
-                                                        for name in ("height", "width", "num_frames"))))
+    counts = Counter(bucket_name(*size) for size in zip(*(ok.column(name).to_pylist() for name in BUCKET_COLUMNS)))
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def sampling_text(sampling: dict[str, Any]) -> str:
@@ -276,8 +278,7 @@ def format_cache_summary(scan: CacheScan) -> str:
     if metadata.get("sampling"):
         lines.append(f"{'sampling':<14}{sampling_text(metadata['sampling'])}")
     buckets = bucket_counts(scan.table)
-    lines.append(f"{'buckets':<14}" + ("; ".join(f"{name} ({n} clips)" for name, n in
-                                                 sorted(buckets.items(), key=lambda kv: (-kv[1], kv[0])))
+    lines.append(f"{'buckets':<14}" + ("; ".join(f"{name} ({n} clips)" for name, n in buckets)
                                        or "none (no ok rows)"))
     lines.append(f"{'previews':<14}{scan.previews} of {counts.rows} rows" if scan.previews
                  else f"{'previews':<14}none (encode with --keep-previews)")
