@@ -29,6 +29,7 @@ def test_files_are_small_and_match_the_preset(card):
     assert (model.spatial_factor, model.latent_channels) == (8, 4)
 
 
+@pytest.mark.slow  # encodes and decodes 64 frames at 256² with the real model: over a minute on CPU
 def test_held_out_footage_reconstructs_and_ranks_as_the_card_says(card, tmp_path):
     # bikes.mp4 was held out of training; the card measured the same clips (8 frames, stride 2, 256² crops).
     shard = write_tar(tmp_path / "held-out.tar", [("bikes", {"mp4": sample_video_path("bikes.mp4").read_bytes()})])
