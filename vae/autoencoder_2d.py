@@ -13,6 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vae.activations import inplace_silu
 from vae.distributions import DiagonalGaussianDistribution
 from vae.latent_normalisation import LatentNormalisation
 
@@ -48,16 +49,19 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.norm(x)
-        height = h.shape[2]
-        # Contiguous so SDPA can use its fused kernels; free for channels_last.
-        q, k, v = (rearrange(t, "b c h w -> b 1 (h w) c").contiguous() for t in (self.q(h), self.k(h), self.v(h)))
-        h = F.scaled_dot_product_attention(q, k, v)
+        height = x.shape[2]
+        # Tokens are a view of channels_last activations; q, k and v come from one matmul (the three 1x1 convs'
+        # weights side by side) as strided views, and SDPA reads them as they are.
+        tokens = rearrange(self.norm(x), "b c h w -> b 1 (h w) c")
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(tokens, weight, bias).chunk(3, dim=-1)
+        h = F.linear(F.scaled_dot_product_attention(q, k, v), self.proj_out.weight.flatten(1), self.proj_out.bias)
         h = rearrange(h, "b 1 (h w) c -> b c h w", h=height)
-        # The view above is channels_last whatever x was; keep x's layout so convs don't flip formats.
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        h = h.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        return x + self.proj_out(h)
+        # That view is channels_last whatever x was; keep x's layout so convs don't flip formats.
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous()
+        return h.add_(x)
 
 
 class ResnetBlock(nn.Module):
@@ -70,11 +74,10 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        if self.nin_shortcut is not None:
-            x = self.nin_shortcut(x)
-        return x + h
+        h = self.conv1(inplace_silu(self.norm1(x)))
+        h = self.conv2(inplace_silu(self.norm2(h)))
+        # h is conv2's fresh output, so the residual goes into it.
+        return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))
 
 
 class Downsample(nn.Module):
@@ -156,7 +159,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(inplace_silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -178,7 +181,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(inplace_silu(self.norm_out(h)))
 
 
 class AutoEncoder2D(nn.Module):

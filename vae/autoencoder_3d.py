@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vae.activations import inplace_silu
 from vae.conv3d import ChannelChunkConv3D, causal_pad
 from vae.distributions import DiagonalGaussianDistribution
 from vae.latent_normalisation import LatentNormalisation
@@ -116,11 +117,6 @@ def _check_config(config: AutoEncoder3DConfig) -> None:
                          f"tile_sample_num_frames {config.tile_sample_num_frames}")
 
 
-def _silu(x: Tensor) -> Tensor:
-    # In place on a fresh tensor, unless autograd needs the input for the backward pass.
-    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
-
-
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
@@ -175,8 +171,8 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = CausalConv3d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(_silu(self.norm1(x)))
-        h = self.conv2(_silu(self.norm2(h)))
+        h = self.conv1(inplace_silu(self.norm1(x)))
+        h = self.conv2(inplace_silu(self.norm2(h)))
         return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
@@ -279,7 +275,7 @@ class Encoder3D(nn.Module):
         for block in self.down_blocks:
             h = block(h)
         h = self.mid_block(h)
-        return self.conv_out(_silu(self.conv_norm_out(h)))
+        return self.conv_out(inplace_silu(self.conv_norm_out(h)))
 
 
 class Decoder3D(nn.Module):
@@ -299,7 +295,7 @@ class Decoder3D(nn.Module):
         h = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             h = block(h)
-        return self.conv_out(_silu(self.conv_norm_out(h)))
+        return self.conv_out(inplace_silu(self.conv_norm_out(h)))
 
 
 class AutoEncoder3D(nn.Module):
