@@ -49,19 +49,16 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        height = x.shape[2]
-        # Tokens are a view of channels_last activations; q, k and v come from one matmul (the three 1x1 convs'
-        # weights side by side) as strided views, and SDPA reads them as they are.
-        tokens = rearrange(self.norm(x), "b c h w -> b 1 (h w) c")
-        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        q, k, v = F.linear(tokens, weight, bias).chunk(3, dim=-1)
-        h = F.linear(F.scaled_dot_product_attention(q, k, v), self.proj_out.weight.flatten(1), self.proj_out.bias)
+        h = self.norm(x)
+        height = h.shape[2]
+        # Contiguous so SDPA can use its fused kernels; free for channels_last.
+        q, k, v = (rearrange(t, "b c h w -> b 1 (h w) c").contiguous() for t in (self.q(h), self.k(h), self.v(h)))
+        h = F.scaled_dot_product_attention(q, k, v)
         h = rearrange(h, "b 1 (h w) c -> b c h w", h=height)
-        # That view is channels_last whatever x was; keep x's layout so convs don't flip formats.
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            h = h.contiguous()
-        return h.add_(x)
+        # The view above is channels_last whatever x was; keep x's layout so convs don't flip formats.
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        h = h.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return x + self.proj_out(h)
 
 
 class ResnetBlock(nn.Module):

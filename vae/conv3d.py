@@ -34,19 +34,6 @@ def _output_size(size: tuple[int, ...], padding: str | tuple[int, ...], kernel: 
     return [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(size, padding, dilation, kernel, stride)]
 
 
-def _is_channels_last_3d(x: Tensor) -> bool:
-    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def _in_layout_of(x: Tensor, out: Tensor) -> Tensor:
-    """`out` in `x`'s layout. oneDNN returns some convolutions of channels_last_3d input contiguous (3 input
-    channels, 1x1 kernels); the GroupNorm, padding and convolution after them would then run contiguous, or
-    reorder, at every layer up to the next flip back, so the copy here is the cheaper one."""
-    if _is_channels_last_3d(x) and not out.is_contiguous(memory_format=torch.channels_last_3d):
-        return out.contiguous(memory_format=torch.channels_last_3d)
-    return out
-
-
 class ChannelChunkConv3D(nn.Conv3d):
     """`nn.Conv3d` that splits input and output channels into chunks and sums the partial convolutions
     when one sample of its input or output would exceed `numel_limit` elements.
@@ -75,7 +62,7 @@ class ChannelChunkConv3D(nn.Conv3d):
         out_spatial = math.prod(_output_size(tuple(x.shape[-3:]), padding, self.kernel_size, self.stride,
                                              self.dilation))
         if in_spatial * self.in_channels <= limit and out_spatial * self.out_channels <= limit:
-            return _in_layout_of(x, F.conv3d(x, weight, bias, self.stride, padding, self.dilation))
+            return F.conv3d(x, weight, bias, self.stride, padding, self.dilation)
         n_in = _channel_chunks(self.in_channels, in_spatial, limit)
         n_out = _channel_chunks(self.out_channels, out_spatial, limit)
         inputs = x.tensor_split(n_in, dim=1)
@@ -88,7 +75,7 @@ class ChannelChunkConv3D(nn.Conv3d):
                 partial = F.conv3d(part, w, out_bias if out is None else None, self.stride, padding, self.dilation)
                 out = partial if out is None else out.add_(partial)
             outputs.append(out)
-        return _in_layout_of(x, outputs[0] if n_out == 1 else torch.cat(outputs, dim=1))
+        return outputs[0] if n_out == 1 else torch.cat(outputs, dim=1)
 
 
 _CHUNKED_CLASSES: dict[type, type] = {nn.Conv3d: ChannelChunkConv3D, ChannelChunkConv3D: ChannelChunkConv3D}
@@ -124,7 +111,8 @@ def causal_padding(kernel_size: int | tuple[int, int, int]) -> tuple[int, int, i
 
 
 def _empty_like_layout(x: Tensor, shape: list[int]) -> Tensor:
-    layout = torch.channels_last_3d if _is_channels_last_3d(x) else torch.contiguous_format
+    channels_last = x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
 
 

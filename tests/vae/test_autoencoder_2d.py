@@ -195,7 +195,7 @@ def test_rejects_other_ranks():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("config", [FLUX_LIKE, SD_LIKE], ids=["flux", "sd"])
 def test_parity_with_diffusers(config, channels_last):
-    # The plain path, diffusers' own, guards the optimised one: fused q/k/v, in-place SiLU and residuals, and
+    # The plain path, diffusers' own, guards the optimised one: in-place SiLU and residual adds, and
     # channels_last under inference_mode as ClipEncoder runs it.
     model = tiny_model(config, seed=1)
     # Non-trivial norms and biases, so that a swapped or skipped parameter shows.

@@ -75,22 +75,6 @@ def test_channels_last_input(monkeypatch):
         torch.testing.assert_close(chunked(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("limit", [None, 500], ids=["whole", "chunked"])
-@pytest.mark.parametrize(("cin", "cout", "kernel"), [(3, 32, 3), (16, 32, 1)], ids=["rgb-in", "1x1"])
-def test_channels_last_3d_in_is_channels_last_3d_out(monkeypatch, limit, cin, cout, kernel):
-    # oneDNN hands these two back contiguous; every layer after them would then run contiguous or reorder.
-    reference, chunked = reference_and_chunked(cin, cout, kernel, 1, kernel // 2, True)
-    reference, chunked = (m.to(memory_format=torch.channels_last_3d) for m in (reference, chunked))
-    if limit:
-        monkeypatch.setattr(ChannelChunkConv3D, "CONV3D_NUMEL_LIMIT", limit)
-    x = torch.randn(1, cin, 5, 12, 12).contiguous(memory_format=torch.channels_last_3d)
-    with torch.inference_mode():
-        out = chunked(x)
-        assert out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()
-        torch.testing.assert_close(out, reference(x), atol=1e-5, rtol=0)
-        assert chunked(x.contiguous()).is_contiguous()
-
-
 def test_refuses_groups_and_keeps_padding_modes(monkeypatch):
     with pytest.raises(ValueError, match="groups=1 only, got groups=2"):
         ChannelChunkConv3D(4, 4, 3, groups=2)
