@@ -2,18 +2,41 @@
 
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), reported in KiB, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process in MiB. VmHWM, not getrusage's ru_maxrss, which a child keeps
+    from its parent across fork and exec: a child of `python -m benchmarks` would report the parent's peak."""
+    return _status_mb("VmHWM")
+
+
+Result = TypeVar("Result")
+
+
+def rss_growth_mb(run: Callable[[], Result]) -> tuple[Result, float]:
+    """`run()`'s result and how far this process's resident set rose above where it stood just before, in MiB.
+    The peak (VmHWM) is reset first (`clear_refs` 5), so an earlier, higher peak, such as building the model's
+    random weights, cannot hide the peak of `run()`."""
+    before = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    result = run()
+    return result, _status_mb("VmHWM") - before
 
 
 def best_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -49,3 +72,9 @@ def moving_pattern(frames: int, height: int, width: int) -> torch.Tensor:
         torch.sin(2 * math.pi * 5 * x * y + 0.1 * t),
     ]
     return torch.stack(channels).unsqueeze(0)
+
+
+def table_row(figure: str, value: float, baseline: str, ratio: float, goal: str) -> dict[str, object]:
+    """One row of `python -m benchmarks`: what was measured, our value, the named baseline (with its value),
+    ours over the baseline's with higher better, and the goal it is held to ("-" where there is none)."""
+    return {"figure": figure, "value": value, "baseline": baseline, "ratio": ratio, "goal": goal}

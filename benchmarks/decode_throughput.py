@@ -1,7 +1,7 @@
 """Decoded-and-resized frames per second with 1 and 2 decode workers, where resizing is cheapest, and how
 long a fast model waits for its frames.
 
-    python -m benchmarks.decode_throughput [--frames 48] [--samples 6] [--repeats 3]
+    python -m benchmarks.decode_throughput [--quick] [--frames 48] [--samples 6] [--repeats 3]
 
 Synthetic footage (a smooth moving pattern) encoded in memory with PyAV: H.264 (libx264, CRF 23) at 480p,
 720p and 1080p, and AV1 (SVT-AV1) at 720p, which decord cannot decode and PyAV does. Each sample is decoded
@@ -9,14 +9,19 @@ by the job's own path (`decode_clips`: two clips of 16 frames, resized to a 256 
 through `OrderedDecodePool`, as an actor does. Every rate is the best of `--repeats` runs: this machine's
 timings vary by up to 2x from run to run.
 
-1. Rates with 1 and 2 decode workers, and the speed-up; for 720p H.264 also the same work in 1 and 2
-   separate processes, which share no GIL: the most two threads could gain on this machine.
+1. Rates with 1 and 2 decode workers, and the speed-up (goal 1.6x); for 720p H.264 also the same work in 1
+   and 2 separate processes, which share no GIL: the most two threads could gain on this machine.
 2. Where to resize (720p H.264, 1 worker), against the baseline of interpolating in float32, this project's
    resize before it used torch's uint8 kernel: torch uint8 (`--resize-in torch`, the default), FFmpeg's
    swscale inside the decoder (`--resize-in decoder`), and decoding alone, the ceiling.
 3. A whole shard through `ShardEncoder` with a fast model (the `tiny` preset at 32², several times faster
-   than decoding 1080p; on CPU it still takes a core's share from the decoders): the shard's wall time at 1 and 2 decode workers, and the share of it the model sat idle
-   waiting for frames (`model_waited` in the manifest).
+   than decoding 1080p; on CPU it still takes a core's share from the decoders): the shard's wall time at 1
+   and 2 decode workers (goal 1.6x), and the share of it the model sat idle waiting for frames (`model_waited`
+   in the manifest).
+
+`--quick` (about half a minute here) measures 720p H.264 only, 2 videos of 32 frames, best of 2: the worker
+and process speed-ups and torch's resize against float32 with the decoder the workers used; no shard.
+`table_rows(quick)` gives the same figures as rows of `python -m benchmarks`, from the same `measure`.
 """
 
 import argparse
@@ -25,7 +30,8 @@ import multiprocessing
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import av
@@ -33,8 +39,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import table_row
+
 SIZES = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920)}
 CASES = [("h264", size) for size in SIZES] + [("av1", "720p")]
+QUICK_CASE = ("h264", "720p")
+REFERENCE = " ".join(QUICK_CASE)  # the case of the process ceiling and of where to resize
+# (resize_in, resolution) of each place to resize; "none" decodes at the native size: decoding alone, the ceiling.
+RESIZES = {"float32": ("float32", "native"), "torch": ("torch", "256"), "decoder": ("decoder", "256"),
+           "none": ("torch", "native")}
+# Quick: two videos of two 16-frame clips each keep encoding the footage, the costliest step, to a few seconds.
+SCALES = {False: {"frames": 48, "samples": 6, "repeats": 3}, True: {"frames": 32, "samples": 2, "repeats": 2}}
 
 
 def footage(frames: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -106,28 +121,23 @@ def decode_rates(videos: list[bytes], decode: Callable[[bytes], list], repeats: 
     return {workers: frames / seconds for workers, seconds in best.items()}, results[0][0].decoder
 
 
-def _decode_all(videos: list[bytes]) -> float:
+def _decode_all(videos: list[bytes]) -> int:
     torch.set_num_threads(1)
     decode = clip_decoder("auto")
-    began = time.perf_counter()
-    for video in videos:
-        decode(video)
-    return time.perf_counter() - began
+    return sum(clip.num_frames for video in videos for clip in decode(video))
 
 
-def process_speedup(videos: list[bytes], repeats: int) -> float:
-    """Best time of all videos in one process over the best time split between two."""
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        pool.map(_decode_all, [videos[:1], videos[:1]])  # imports and first calls, not timed
-        one = two = float("inf")
-        for _ in range(repeats):
+def process_rates(pool: Pool, videos: list[bytes], repeats: int) -> dict[int, float]:
+    """Frames/s of decoding all videos in one of `pool`'s two processes and split between both (best times, the
+    two alternating)."""
+    pool.map(_decode_all, [videos[:1], videos[:1]])  # first calls, not timed
+    best = {1: float("inf"), 2: float("inf")}
+    for _ in range(repeats):
+        for processes, shares in ((1, [videos]), (2, [videos[0::2], videos[1::2]])):
             began = time.perf_counter()
-            pool.map(_decode_all, [videos])
-            one = min(one, time.perf_counter() - began)
-            began = time.perf_counter()
-            pool.map(_decode_all, [videos[0::2], videos[1::2]])
-            two = min(two, time.perf_counter() - began)
-    return one / two
+            frames = sum(pool.map(_decode_all, shares))
+            best[processes] = min(best[processes], time.perf_counter() - began)
+    return {processes: frames / seconds for processes, seconds in best.items()}
 
 
 def shard_runs(videos: list[bytes], folder: Path, repeats: int) -> dict[int, tuple[float, float]]:
@@ -156,48 +166,120 @@ def shard_runs(videos: list[bytes], folder: Path, repeats: int) -> dict[int, tup
             seconds = encoder.process(plan.tasks[0]).seconds
             if workers not in best or seconds["total"] < best[workers]["total"]:
                 best[workers] = seconds
-    return {workers: (seconds["total"], seconds["model_waited"] / seconds["total"]) for workers, seconds in best.items()}
+    return {workers: (seconds["total"], seconds["model_waited"] / seconds["total"])
+            for workers, seconds in best.items()}
+
+
+def synthetic_videos(codec: str, size: str, frames: int, samples: int) -> list[bytes]:
+    height, width = SIZES[size]
+    return [encode(footage(frames, height, width, seed), codec) for seed in range(samples)]
+
+
+def resize_rates(videos: list[bytes], decoder: str, names: Iterable[str], repeats: int) -> dict[str, float]:
+    """1-worker frames/s with each place to resize in `names` (keys of RESIZES)."""
+    return {name: decode_rates(videos, clip_decoder(decoder, *RESIZES[name]), repeats, (1,))[0][1] for name in names}
+
+
+def worker_rates(videos: dict[str, list[bytes]], decoder: str, repeats: int) -> dict[str, dict]:
+    """Per case, frames/s with 1 and 2 decode workers, and the decoder used."""
+    rates = {}
+    for case, case_videos in videos.items():
+        per_count, used = decode_rates(case_videos, clip_decoder(decoder), repeats)
+        rates[case] = {"decoder": used, **per_count}
+    return rates
+
+
+def measure(frames: int, samples: int, repeats: int, decoder: str = "auto", quick: bool = False) -> dict:
+    """Every figure of the module: {"workers": {case: {"decoder", 1, 2: frames/s}}, "processes": {1, 2: frames/s},
+    "resize": {decoder: {place: frames/s}}, "shard": {"case", "videos", 1, 2: (seconds, model-waited share)}}.
+    `quick`: h264 720p only, only the float32 and torch resizes, no shard."""
+    torch.set_num_threads(1)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        # The pool's processes import torch and the decoders (and the parent's __main__) while this one encodes
+        # the footage, several seconds saved; nothing is timed before they are done.
+        importing = pool.map_async(_decode_all, [[], []])
+        videos = {f"{codec} {size}": synthetic_videos(codec, size, frames, samples)
+                  for codec, size in ([QUICK_CASE] if quick else CASES)}
+        importing.get()
+        result = {"workers": worker_rates(videos, decoder, repeats),
+                  "processes": process_rates(pool, videos[REFERENCE], repeats)}
+    # Quick resizes with the decoder the worker rates used; the full run compares both.
+    resize_decoders = (result["workers"][REFERENCE]["decoder"],) if quick else ("decord", "pyav")
+    places = ("float32", "torch") if quick else tuple(RESIZES)
+    result["resize"] = {name: resize_rates(videos[REFERENCE], name, places, repeats) for name in resize_decoders}
+    if not quick:  # 5 s more than a quick run can spare, and a shard of two videos would tell little
+        with tempfile.TemporaryDirectory() as folder:
+            result["shard"] = {"case": "h264 1080p", "videos": samples,
+                               **shard_runs(videos["h264 1080p"], Path(folder), repeats)}
+    return result
+
+
+def print_report(result: dict, frames: int, samples: int, repeats: int) -> None:
+    print(f"decode + resize to 256 (2 clips of 16 frames per video), {samples} videos of {frames} frames "
+          f"per case, torch 1 thread, best of {repeats}; rates in decoded frames/s\n")
+    print(f"{'case':14s} {'decoder':8s} {'1 worker':>9s} {'2 workers':>10s} {'speed-up':>9s}")
+    for case, rates in result["workers"].items():
+        print(f"{case:14s} {rates['decoder']:8s} {rates[1]:9.1f} {rates[2]:10.1f} {rates[2] / rates[1]:8.2f}x")
+    processes = result["processes"]
+    print(f"h264 720p, the same work in 1 and 2 processes (no shared GIL): {processes[2] / processes[1]:.2f}x")
+
+    print("\nwhere to resize, h264 720p, 1 worker (frames/s, and the ratio to the float32 baseline):")
+    for decoder, rates in result["resize"].items():
+        line = (f"  {decoder:7s} float32 interpolate (baseline) {rates['float32']:6.1f}   torch uint8 (default) "
+                f"{rates['torch']:6.1f} ({rates['torch'] / rates['float32']:.2f}x)")
+        if "decoder" in rates:  # not measured by --quick
+            line += (f"   in the decoder {rates['decoder']:6.1f} ({rates['decoder'] / rates['float32']:.2f}x)   "
+                     f"decode only {rates['none']:6.1f}")
+        print(line)
+
+    if "shard" not in result:
+        return
+    shard = result["shard"]
+    (one, waited_one), (two, waited_two) = shard[1], shard[2]
+    print(f"\na shard of {shard['videos']} {shard['case']} videos, tiny preset at 32² on 1 torch thread: {one:.2f} s "
+          f"with 1 decode worker (model idle {waited_one:.0%}), {two:.2f} s with 2 (idle {waited_two:.0%}): "
+          f"{one / two:.2f}x (goal 1.6x)")
+
+
+def table_rows(quick: bool) -> list[dict[str, object]]:
+    """Rows for `python -m benchmarks`: 2 decode workers against 1 (goal 1.6x, as for the shard), 2 processes
+    against 1 (the ceiling, no goal), torch's uint8 resize against float32, and the shard's wall time and model
+    busy share (not with `quick`). `quick`: what `--quick` measures at its default sizes (half a minute here)."""
+    result = measure(**SCALES[quick], quick=quick)
+    rows = [table_row(f"decode + resize {case} to 256², 2 decode workers, frames/s ({rates['decoder']})", rates[2],
+                      f"1 worker {rates[1]:.3g}", rates[2] / rates[1], "≥ 1.6")
+            for case, rates in result["workers"].items()]
+    processes = result["processes"]
+    rows.append(table_row("decode + resize h264 720p to 256², the same work in 2 processes, frames/s", processes[2],
+                          f"1 process {processes[1]:.3g}", processes[2] / processes[1], "-"))
+    rows += [table_row(f"resize h264 720p to 256² with torch's uint8 kernel, 1 worker, frames/s ({decoder})",
+                       rates["torch"], f"float32 interpolation {rates['float32']:.3g}",
+                       rates["torch"] / rates["float32"], "-")
+             for decoder, rates in result["resize"].items()]
+    if "shard" not in result:
+        return rows
+    shard = result["shard"]
+    (one, waited_one), (two, waited_two) = shard[1], shard[2]
+    title = f"shard of {shard['videos']} {shard['case']} videos, tiny preset at 32², 2 decode workers"
+    rows.append(table_row(f"{title}, wall s", two, f"1 decode worker {one:.3g} s", one / two, "≥ 1.6"))
+    rows.append(table_row(f"{title}, share of the time the model worked", 1 - waited_two,
+                          f"1 decode worker {1 - waited_one:.0%}", (1 - waited_two) / (1 - waited_one), "-"))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=48, help="frames per synthetic video")
-    parser.add_argument("--samples", type=int, default=6, help="videos per case")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is kept")
+    parser.add_argument("--quick", action="store_true",
+                        help="h264 720p only, the float32 and torch resizes only, no shard; smaller defaults")
+    for name, meaning in (("frames", "frames per synthetic video"), ("samples", "videos per case"),
+                          ("repeats", "runs per figure; the best is kept")):
+        parser.add_argument(f"--{name}", type=int,
+                            help=f"{meaning} (default {SCALES[False][name]}, {SCALES[True][name]} with --quick)")
     parser.add_argument("--decoder", choices=("auto", "decord", "pyav"), default="auto",
                         help="as jobs.encode --decoder (auto: decord, PyAV for AV1)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"decode + resize to 256 (2 clips of 16 frames per video), {args.samples} videos of {args.frames} frames "
-          f"per case, torch 1 thread, best of {args.repeats}; rates in decoded frames/s\n")
-    print(f"{'case':14s} {'decoder':8s} {'1 worker':>9s} {'2 workers':>10s} {'speed-up':>9s}")
-    videos_by_case = {}
-    for codec, size in CASES:
-        height, width = SIZES[size]
-        videos = [encode(footage(args.frames, height, width, seed), codec) for seed in range(args.samples)]
-        videos_by_case[(codec, size)] = videos
-        rates, decoder = decode_rates(videos, clip_decoder(args.decoder), args.repeats)
-        print(f"{codec + ' ' + size:14s} {decoder:8s} {rates[1]:9.1f} {rates[2]:10.1f} {rates[2] / rates[1]:8.2f}x")
-    ceiling = process_speedup(videos_by_case[("h264", "720p")], args.repeats)
-    print(f"h264 720p, the same work in 1 and 2 processes (no shared GIL): {ceiling:.2f}x")
-
-    print("\nwhere to resize, h264 720p, 1 worker (frames/s, and the ratio to the float32 baseline):")
-    videos = videos_by_case[("h264", "720p")]
-    for decoder in ("decord", "pyav"):
-        rates = {name: decode_rates(videos, clip_decoder(decoder, resize_in, resolution), args.repeats, (1,))[0][1]
-                 for name, resize_in, resolution in (("float32", "float32", "native"), ("torch", "torch", "256"),
-                                                     ("decoder", "decoder", "256"), ("none", "torch", "native"))}
-        print(f"  {decoder:7s} float32 interpolate (baseline) {rates['float32']:6.1f}   torch uint8 (default) "
-              f"{rates['torch']:6.1f} ({rates['torch'] / rates['float32']:.2f}x)   in the decoder "
-              f"{rates['decoder']:6.1f} ({rates['decoder'] / rates['float32']:.2f}x)   decode only {rates['none']:6.1f}")
-
-    with tempfile.TemporaryDirectory() as folder:
-        videos = videos_by_case[("h264", "1080p")]
-        runs = shard_runs(videos, Path(folder), args.repeats)
-    (one, waited_one), (two, waited_two) = runs[1], runs[2]
-    print(f"\na shard of {len(videos)} h264 1080p videos, tiny preset at 32² on 1 torch thread: {one:.2f} s with 1 "
-          f"decode worker (model idle {waited_one:.0%}), {two:.2f} s with 2 (idle {waited_two:.0%}): "
-          f"{one / two:.2f}x (goal 1.6x)")
+    scale = {name: getattr(args, name) or default for name, default in SCALES[args.quick].items()}
+    print_report(measure(**scale, decoder=args.decoder, quick=args.quick), **scale)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ on CPU. Each variant starts from uint8 frames and ends with float16 latents, as 
 - diffusers default: AutoencoderKL as it ships (contiguous, no_grad), frames converted to [-1, 1] NCHW;
 - diffusers channels-last: the same model and input moved to channels-last, the best a user can do by hand.
 
+`--dtype bfloat16` runs all three in bf16: on CPUs with AMX (Sapphire Rapids and later) oneDNN's bf16
+convolutions are several times its fp32 ones. `--compile` also times the production model under
+`torch.compile` against itself eager.
+
 Variants take turns for `--repeats` rounds after a warm-up; the best time of each is kept, so a slow spell
 of a shared machine does not fall on one of them only. The convolution ceiling: every convolution call of
 one encode is recorded with hooks, and each distinct (layer, input shape) is then timed alone on a random
@@ -19,12 +23,13 @@ over its real time (1.0: nothing but convolutions), and the FLOP rate is the con
 """
 
 import argparse
+import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from benchmarks._common import best_times
+from benchmarks._common import best_times, table_row
 
 
 def conv_ceiling(model: nn.Module, run: Callable[[], object], repeats: int) -> tuple[float, int]:
@@ -52,8 +57,9 @@ def conv_ceiling(model: nn.Module, run: Callable[[], object], repeats: int) -> t
     return seconds, sum(flops * count for _, _, count, flops in calls.values())
 
 
-def measure(preset: str, size: int, frames: int, repeats: int) -> dict[str, float]:
-    """frames/s of the three variants, and the production path's share of the convolution ceiling."""
+def _models(preset: str, dtype: torch.dtype):
+    """The production ClipEncoder and diffusers' AutoencoderKL as shipped and moved to channels-last, encoders
+    only, on the same seeded weights in `dtype`."""
     from pipeline.encode.clip_encoding import ClipEncoder
     from vae.autoencoder_2d import AutoEncoder2D
     from vae.diffusers_vae import autoencoder_kl_like
@@ -62,19 +68,31 @@ def measure(preset: str, size: int, frames: int, repeats: int) -> dict[str, floa
     config = PRESETS[preset]
     torch.manual_seed(0)
     ours = AutoEncoder2D(config).eval()
-    reference = autoencoder_kl_like(config, ours.state_dict())
-    reference_cl = autoencoder_kl_like(config, ours.state_dict()).to(memory_format=torch.channels_last)
+    reference = autoencoder_kl_like(config, ours.state_dict()).to(dtype)
+    reference_cl = autoencoder_kl_like(config, ours.state_dict()).to(dtype, memory_format=torch.channels_last)
     del ours.decoder, reference.decoder, reference_cl.decoder
-    encoder = ClipEncoder(ours, torch.device("cpu"), torch.float32)
-    scale, shift = config.scale_factor, config.shift_factor
-    clip = torch.randint(0, 256, (1, frames, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return ClipEncoder(ours, torch.device("cpu"), dtype), reference, reference_cl
+
+
+def _clip(frames: int, size: int) -> torch.Tensor:
+    return torch.randint(0, 256, (1, frames, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def measure(preset: str, size: int, frames: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """frames/s of the three variants, all computing in `dtype`, and the production path's share of the
+    convolution ceiling (fp32 only: the ceiling is timed in fp32)."""
+    from vae.presets import PRESETS
+
+    encoder, reference, reference_cl = _models(preset, dtype)
+    scale, shift = PRESETS[preset].scale_factor, PRESETS[preset].shift_factor
+    clip = _clip(frames, size)
 
     def production() -> torch.Tensor:
         return encoder.encode(clip)[0].to(torch.float16)
 
     def diffusers_run(model: nn.Module, layout: torch.memory_format) -> torch.Tensor:
         with torch.no_grad():
-            x = clip[0].permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=layout)
+            x = clip[0].permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1).contiguous(memory_format=layout)
             return ((model.encode(x).latent_dist.mode() - shift) * scale).to(torch.float16)
 
     variants = {
@@ -83,13 +101,64 @@ def measure(preset: str, size: int, frames: int, repeats: int) -> dict[str, floa
         "diffusers_channels_last": lambda: diffusers_run(reference_cl, torch.channels_last),
     }
     seconds = best_times(variants, repeats)
-    conv_seconds, flops = conv_ceiling(encoder.model, production, repeats)
-    return {
-        **{f"{name}_fps": frames / value for name, value in seconds.items()},
-        "conv_share": conv_seconds / seconds["production"],
-        "conv_ceiling_gflops": flops / conv_seconds / 1e9,
-        "encoder_gflop_per_frame": flops / frames / 1e9,
-    }
+    result = {f"{name}_fps": frames / value for name, value in seconds.items()}
+    if dtype == torch.float32:
+        conv_seconds, flops = conv_ceiling(encoder.model, production, repeats)
+        result.update(conv_share=conv_seconds / seconds["production"], conv_ceiling_gflops=flops / conv_seconds / 1e9,
+                      encoder_gflop_per_frame=flops / frames / 1e9)
+    return result
+
+
+def measure_compile(preset: str, size: int, frames: int, repeats: int) -> dict[str, float]:
+    """The production encoder's model under `torch.compile` (inductor, weights frozen and prepacked for oneDNN)
+    against the same model eager, fp32: the speed ratio, the compile time and the largest difference."""
+    import torch._inductor.config as inductor
+
+    from pipeline.encode.clip_encoding import frames_to_model_input
+
+    encoder, _, _ = _models(preset, torch.float32)
+    x = frames_to_model_input(_clip(frames, size), torch.device("cpu"), torch.float32)
+    eager = encoder.model.encode_moments
+    with inductor.patch(freezing=True), torch.inference_mode():
+        compiled = torch.compile(eager, dynamic=False)
+        began = time.perf_counter()
+        out = compiled(x)
+        compile_seconds = time.perf_counter() - began
+        seconds = best_times({"eager": lambda: eager(x), "compiled": lambda: compiled(x)}, repeats)
+        max_diff = (out - eager(x)).abs().max().item()
+    return {"speedup": seconds["eager"] / seconds["compiled"], "compile_seconds": compile_seconds, "max_diff": max_diff}
+
+
+def table_rows(quick: bool) -> list[dict[str, object]]:
+    """fp32 against diffusers as shipped (goal 1.5 at 256²) and channels-last, with the convolution share, for
+    flux-ae and sd-ae (256², and 512² unless quick); flux-ae 256² in bf16 against diffusers in bf16 and against
+    our own fp32; and, unless quick (it compiles for over a minute), torch.compile against eager."""
+    rows: list[dict[str, object]] = []
+    fp32_fps = {}
+    for preset in ("flux-ae", "sd-ae"):
+        for size in (256,) if quick else (256, 512):
+            result = measure(preset, size, frames=2, repeats=2)
+            ours = fp32_fps[preset, size] = result["production_fps"]
+            figure = f"2D encode {preset} {size}², fp32, frames/s"
+            rows.append(table_row(figure, ours, f"diffusers AutoencoderKL as shipped {result['diffusers_fps']:.3g}",
+                                  ours / result["diffusers_fps"], "≥ 1.5" if size == 256 else "-"))
+            rows.append(table_row(figure, ours, "diffusers AutoencoderKL moved to channels-last "
+                                  f"{result['diffusers_channels_last_fps']:.3g}",
+                                  ours / result["diffusers_channels_last_fps"], "> 1.0"))
+            rows.append(table_row(f"2D encode {preset} {size}², share of its time its convolutions take alone",
+                                  result["conv_share"], f"its convolutions alone, {result['conv_ceiling_gflops']:.0f} "
+                                  "GFLOP/s", result["conv_share"], "≥ 0.6"))
+    result = measure("flux-ae", 256, frames=2, repeats=2, dtype=torch.bfloat16)
+    bf16, figure = result["production_fps"], "2D encode flux-ae 256², bf16, frames/s"
+    rows.append(table_row(figure, bf16, f"diffusers AutoencoderKL as shipped, in bf16 {result['diffusers_fps']:.3g}",
+                          bf16 / result["diffusers_fps"], "-"))
+    rows.append(table_row(figure, bf16, f"our fp32 {fp32_fps['flux-ae', 256]:.3g}", bf16 / fp32_fps["flux-ae", 256], "-"))
+    if not quick:
+        compiled = measure_compile("flux-ae", 256, frames=2, repeats=2)
+        rows.append(table_row(f"2D encode flux-ae 256² under torch.compile (compiling took "
+                              f"{compiled['compile_seconds']:.0f} s; max diff {compiled['max_diff']:.1e})",
+                              compiled["speedup"], "the same model eager", compiled["speedup"], "keep if > 1.1"))
+    return rows
 
 
 def main() -> None:
@@ -98,17 +167,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
     args = parser.parse_args()
-    print(f"{torch.get_num_threads()} threads, {args.frames} frames, best of {args.repeats}; frames/s")
+    dtype = getattr(torch, args.dtype)
+    print(f"{torch.get_num_threads()} threads, {args.frames} frames, {args.dtype}, best of {args.repeats}; frames/s")
     for preset in args.presets.split(","):
         for size in map(int, args.sizes.split(",")):
-            result = measure(preset, size, args.frames, args.repeats)
-            print(f"{preset} {size}²: production {result['production_fps']:.2f}, diffusers "
-                  f"{result['diffusers_fps']:.2f} ({result['production_fps'] / result['diffusers_fps']:.2f}x), "
-                  f"diffusers channels-last {result['diffusers_channels_last_fps']:.2f} "
-                  f"({result['production_fps'] / result['diffusers_channels_last_fps']:.2f}x); "
-                  f"its convolutions timed alone ({result['conv_ceiling_gflops']:.0f} GFLOP/s) are "
-                  f"{result['conv_share']:.0%} of its time")
+            result = measure(preset, size, args.frames, args.repeats, dtype)
+            line = (f"{preset} {size}²: production {result['production_fps']:.2f}, diffusers "
+                    f"{result['diffusers_fps']:.2f} ({result['production_fps'] / result['diffusers_fps']:.2f}x), "
+                    f"diffusers channels-last {result['diffusers_channels_last_fps']:.2f} "
+                    f"({result['production_fps'] / result['diffusers_channels_last_fps']:.2f}x)")
+            if "conv_share" in result:
+                line += (f"; its convolutions timed alone ({result['conv_ceiling_gflops']:.0f} GFLOP/s) are "
+                         f"{result['conv_share']:.0%} of its time")
+            print(line)
+            if args.compile:
+                compiled = measure_compile(preset, size, args.frames, args.repeats)
+                print(f"  torch.compile: {compiled['speedup']:.2f}x eager after {compiled['compile_seconds']:.0f} s "
+                      f"of compiling, max diff {compiled['max_diff']:.1e}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@ file per clip (Open-Sora, finetrainers, LTX-Video-Trainer) and one safetensors f
 (musubi-tuner). Each pass reads every clip through a DataLoader (batches of `--batch`, 0 or 2
 workers) after the files' pages are evicted from the OS page cache (`posix_fadvise DONTNEED` after
 a sync: dropping the whole cache needs root), so every method starts cold; each figure is the median
-of `--repeats` passes, the methods taking turns, timed from the first batch on (worker start-up excluded). "raw" reads the
-Parquet files' bytes sequentially into one buffer, no decoding: the disk's ceiling. Bytes read are
-the process's `read_bytes` (/proc/self/io: fetched from the disk), cold, in-process.
+of `--repeats` passes, the methods taking turns, timed from the first batch on (worker start-up
+excluded). "raw" reads the Parquet files' bytes sequentially into one buffer, no decoding: the disk's
+ceiling. Ratios are of clips/s (goals: 3x each per-clip format, 80% of raw). Bytes read are the
+process's `read_bytes` (/proc/self/io: fetched from the disk), cold, in-process.
+
+`table_rows(quick)` gives the ratios as rows of `python -m benchmarks`, from the same `measure` as this
+command: the defaults, or with `quick` 256 clips (`--clips 256`, about 20 s here).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks._common import table_row
 from pipeline.cache.schema import SCHEMA, cache_metadata, tensor_to_bytes
 from pipeline.cache.shard_writer import ShardFileWriter
 from pipeline.encode.model_loading import describe_vae
@@ -35,6 +41,12 @@ from pipeline.reader import LatentDataset, collate_latents
 
 SHARDS = 8
 LOW_QUALITY_SHARDS = (6, 7)  # a worse source: its clips score lower
+OURS = "LatentDataset (Parquet)"
+WORKERS = (0, 2)  # DataLoader workers
+WHERES = ("psnr >= 27", "lpips < 0.1")
+SHAPE = (16, 9, 32, 32)  # hunyuan-vae's latent of 33 frames at 256x256
+CLIPS, QUICK_CLIPS = 4096, 256
+Method = tuple[Callable[[], Dataset], Callable | None, list[Path]]
 
 
 def clip_scores(shard: int, rng: np.random.Generator) -> float:
@@ -134,82 +146,130 @@ def raw_pass(paths: list[Path], threads: int = 2) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def loader_methods(root: Path, files: dict[str, list[Path]]) -> dict[str, Method]:
+    """Per method: a dataset factory, its collate function (None: DataLoader's default), the files it reads."""
+    return {
+        OURS: (lambda: LatentDataset(root / "parquet"), collate_latents, files["parquet"]),
+        "torch.save per clip": (lambda: TorchFiles(files["pt"]), None, files["pt"]),
+        "safetensors per clip": (lambda: SafetensorsFiles(files["safetensors"]), None, files["safetensors"]),
+    }
+
+
+def cold_passes(root: Path, files: dict[str, list[Path]], clips: int, batch: int,
+                repeats: int) -> tuple[dict[int, dict[str, tuple[float, float]]], tuple[float, float]]:
+    """Median cold pass of each method per DataLoader worker count, {workers: {method: (clips/s, bytes/s)}}, and
+    of the raw read, (clips/s, bytes/s)."""
+    passes: dict[tuple[int, str], list[tuple[float, int, int]]] = {}
+    raw_passes = []
+    # Round-robin: each repeat runs every method once, so a drift in the disk's speed during the run touches
+    # all methods alike.
+    for _ in range(repeats):
+        for workers in WORKERS:
+            for name, (make, collate, paths) in loader_methods(root, files).items():
+                evict(paths)
+                kwargs = {"collate_fn": collate} if collate else {}
+                seconds, samples, nbytes, total = timed_pass(DataLoader(make(), batch_size=batch,
+                                                                        num_workers=workers, **kwargs))
+                assert total == clips, (name, total)
+                passes.setdefault((workers, name), []).append((seconds, samples, nbytes))
+        evict(files["parquet"])
+        raw_passes.append(raw_pass(files["parquet"]))
+    rates: dict[int, dict[str, tuple[float, float]]] = {}
+    for (workers, name), runs in passes.items():
+        seconds, samples, nbytes = sorted(runs)[len(runs) // 2]
+        rates.setdefault(workers, {})[name] = (samples / seconds, nbytes / seconds)
+    seconds, total = sorted(raw_passes)[len(raw_passes) // 2]
+    return rates, (clips / seconds, total / seconds)
+
+
+def filtered_reads(root: Path, files: dict[str, list[Path]]) -> dict[str | None, tuple[int, int, int]]:
+    """Per `where` (None: a full scan), cold: (bytes read from disk, clips selected, row groups opened)."""
+    reads = {}
+    for where in (None, *WHERES):
+        evict(files["parquet"])
+        before = disk_bytes_read()
+        dataset = LatentDataset(root / "parquet", where=where)
+        selected = sum(1 for _ in dataset)
+        reads[where] = (disk_bytes_read() - before, selected, len(dataset.row_groups))
+    return reads
+
+
+def measure(clips: int, shape: tuple[int, ...] = SHAPE, batch: int = 16, repeats: int = 3,
+            directory: str | None = None) -> dict:
+    """Every figure of the module: "files" {method: (count, bytes)}, "write_seconds", "rates" {workers: {method:
+    (clips/s, bytes/s)}}, "raw" and "raw_warm" (clips/s, bytes/s), "filtered" (see `filtered_reads`)."""
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(dir=directory, prefix="reader-bench-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        files = write_all(root, clips, shape)
+        result: dict = {"write_seconds": time.perf_counter() - started,
+                        "files": {name: (len(paths), sum(path.stat().st_size for path in paths))
+                                  for name, paths in files.items()}}
+        result["rates"], result["raw"] = cold_passes(root, files, clips, batch, repeats)
+        seconds, total = raw_pass(files["parquet"])
+        result["raw_warm"] = (clips / seconds, total / seconds)
+        result["filtered"] = filtered_reads(root, files)
+    return result
+
+
+def print_report(result: dict, clips: int, shape: tuple[int, ...], batch: int) -> None:
+    clip_bytes = int(np.prod(shape)) * 2
+    print(f"reader throughput: {clips} clips of {'x'.join(map(str, shape))} float16 "
+          f"({clip_bytes / 1024:.0f} KiB each, {clips * clip_bytes / 2**20:.0f} MiB of latents); files: "
+          + ", ".join(f"{name} {count} ({size / 2**20:.0f} MiB)" for name, (count, size) in result["files"].items())
+          + f"; written in {result['write_seconds']:.0f} s")
+    print(f"every pass starts cold: the files' pages are evicted (posix_fadvise DONTNEED) before it; "
+          f"DataLoader batch {batch}, {os.cpu_count()} CPUs")
+    print(f"{'method':<26}{'workers':>8}{'samples/s':>11}{'MB/s':>9}")
+    for workers, rates in result["rates"].items():
+        for name, (per_second, nbytes) in rates.items():
+            print(f"{name:<26}{workers:>8}{per_second:>11.0f}{nbytes / 1e6:>9.0f}")
+    for label, (per_second, nbytes) in (("raw read of the Parquet", result["raw"]),
+                                        ("  (same, warm cache)", result["raw_warm"])):
+        print(f"{label:<26}{'-':>8}{per_second:>11.0f}{nbytes / 1e6:>9.0f}")
+    for workers, rates in result["rates"].items():
+        ours = rates[OURS][0]
+        print(f"ratios, {workers} workers: LatentDataset is {ours / rates['torch.save per clip'][0]:.1f}x "
+              f"torch.save per clip, {ours / rates['safetensors per clip'][0]:.1f}x safetensors per clip, "
+              f"{100 * ours / result['raw'][0]:.0f}% of raw (goals: >=3x, >=80%)")
+    full, full_clips, full_groups = result["filtered"][None]
+    for where in WHERES:
+        read, selected, groups = result["filtered"][where]
+        print(f"where {where!r}: {selected}/{full_clips} clips, read {read / 2**20:.0f} MiB from disk against "
+              f"{full / 2**20:.0f} MiB for a full scan ({100 * read / full:.0f}%); {groups} of {full_groups} row "
+              f"groups opened")
+
+
+def table_rows(quick: bool) -> list[dict[str, object]]:
+    """Rows for `python -m benchmarks`: LatentDataset's clips/s against one torch.save and one safetensors file
+    per clip (goal 3x) and against the raw read (goal 80%), with 0 and 2 DataLoader workers; `quick`: fewer clips."""
+    clips = QUICK_CLIPS if quick else CLIPS
+    result = measure(clips)
+    rows = []
+    for workers, rates in result["rates"].items():
+        ours = rates[OURS][0]
+        figure = (f"read {clips} clips of {'×'.join(map(str, SHAPE))} fp16 with LatentDataset, cold, "
+                  f"{workers} DataLoader workers, clips/s")
+        for name in ("torch.save per clip", "safetensors per clip"):
+            rows.append(table_row(figure, ours, f"{name} {rates[name][0]:.0f}", ours / rates[name][0], "≥ 3"))
+        rows.append(table_row(figure, ours, f"raw sequential read of the Parquet bytes {result['raw'][0]:.0f}",
+                              ours / result["raw"][0], "≥ 0.8"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=4096)
-    parser.add_argument("--shape", default="16,9,32,32", help="C,T,H,W of each latent (hunyuan-vae, 33x256x256)")
+    parser.add_argument("--clips", type=int, default=CLIPS, help=f"a multiple of 8, the shards (default {CLIPS})")
+    parser.add_argument("--shape", default=",".join(map(str, SHAPE)),
+                        help="C,T,H,W of each latent (hunyuan-vae, 33x256x256)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to write the data (default: a temporary directory)")
     args = parser.parse_args()
     shape = tuple(int(part) for part in args.shape.split(","))
-    torch.set_num_threads(1)
+    print_report(measure(args.clips, shape, args.batch, args.repeats, args.dir), args.clips, shape, args.batch)
 
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="reader-bench-") as tmp:
-        root = Path(tmp)
-        started = time.perf_counter()
-        files = write_all(root, args.clips, shape)
-        clip_bytes = int(np.prod(shape)) * 2
-        sizes = {name: sum(path.stat().st_size for path in paths) for name, paths in files.items()}
-        print(f"reader throughput: {args.clips} clips of {'x'.join(map(str, shape))} float16 "
-              f"({clip_bytes / 1024:.0f} KiB each, {args.clips * clip_bytes / 2**20:.0f} MiB of latents); files: "
-              + ", ".join(f"{name} {len(paths)} ({sizes[name] / 2**20:.0f} MiB)" for name, paths in files.items())
-              + f"; written in {time.perf_counter() - started:.0f} s")
-        print(f"every pass starts cold: the files' pages are evicted (posix_fadvise DONTNEED) before it; "
-              f"DataLoader batch {args.batch}, {os.cpu_count()} CPUs")
-
-        methods = {
-            "LatentDataset (Parquet)": (lambda: LatentDataset(root / "parquet"), collate_latents, files["parquet"]),
-            "torch.save per clip": (lambda: TorchFiles(files["pt"]), None, files["pt"]),
-            "safetensors per clip": (lambda: SafetensorsFiles(files["safetensors"]), None, files["safetensors"]),
-        }
-        # Round-robin: each repeat runs every method once, so a drift in the disk's speed during the
-        # run touches all methods alike; the median pass of each method is reported.
-        passes: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
-        raw_passes = []
-        for _ in range(args.repeats):
-            for workers in (0, 2):
-                for name, (make, collate, paths) in methods.items():
-                    evict(paths)
-                    kwargs = {"collate_fn": collate} if collate else {}
-                    loader = DataLoader(make(), batch_size=args.batch, num_workers=workers, **kwargs)
-                    seconds, samples, nbytes, total = timed_pass(loader)
-                    assert total == args.clips, (name, total)
-                    passes.setdefault((name, workers), []).append((seconds, samples, nbytes))
-            evict(files["parquet"])
-            raw_passes.append(raw_pass(files["parquet"]))
-        results: dict[tuple[str, int], float] = {}
-        print(f"{'method':<26}{'workers':>8}{'samples/s':>11}{'MB/s':>9}")
-        for (name, workers), runs in passes.items():
-            seconds, samples, nbytes = sorted(runs)[len(runs) // 2]
-            results[(name, workers)] = nbytes / seconds
-            print(f"{name:<26}{workers:>8}{samples / seconds:>11.0f}{nbytes / seconds / 1e6:>9.0f}")
-        seconds, total = sorted(raw_passes)[len(raw_passes) // 2]
-        raw = total / seconds
-        print(f"{'raw read of the Parquet':<26}{'-':>8}{args.clips / seconds:>11.0f}{raw / 1e6:>9.0f}")
-        seconds, total = raw_pass(files["parquet"])
-        print(f"{'  (same, warm cache)':<26}{'-':>8}{args.clips / seconds:>11.0f}{total / seconds / 1e6:>9.0f}")
-
-        ours = "LatentDataset (Parquet)"
-        for workers in (0, 2):
-            print(f"ratios, {workers} workers: LatentDataset is "
-                  f"{results[(ours, workers)] / results[('torch.save per clip', workers)]:.1f}x torch.save per clip, "
-                  f"{results[(ours, workers)] / results[('safetensors per clip', workers)]:.1f}x safetensors per clip, "
-                  f"{100 * results[(ours, workers)] / raw:.0f}% of raw (goals: >=3x, >=80%)")
-
-        def bytes_of_a_pass(where: str | None) -> tuple[int, int, LatentDataset]:
-            evict(files["parquet"])
-            before = disk_bytes_read()
-            dataset = LatentDataset(root / "parquet", where=where)
-            selected = sum(1 for _ in dataset)
-            return disk_bytes_read() - before, selected, dataset
-
-        full, full_samples, everything = bytes_of_a_pass(None)
-        for where in ("psnr >= 27", "lpips < 0.1"):
-            read, selected, dataset = bytes_of_a_pass(where)
-            print(f"where {where!r}: {selected}/{full_samples} clips, read {read / 2**20:.0f} MiB from disk against "
-                  f"{full / 2**20:.0f} MiB for a full scan ({100 * read / full:.0f}%); {len(dataset.row_groups)} of "
-                  f"{len(everything.row_groups)} row groups opened")
 
 if __name__ == "__main__":
     main()
