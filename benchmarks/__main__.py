@@ -6,7 +6,7 @@ threads, with the goal beside it, plus the machine, threads and library versions
 runs alone (`python -m benchmarks.<module>`) with more options and says how it measures.
 
 `--quick` (under 5 minutes here) has every comparison at small sizes; the full run (under 20) adds 512² 2D,
-a larger 3D clip with peak memory, torch.compile, every decode case, the scores' cost, buckets and Conv3d
+a larger 3D clip with peak memory, every decode case, the scores' cost, buckets and Conv3d
 chunking.
 """
 
