@@ -39,18 +39,23 @@ def rss_growth_mb(run: Callable[[], Result]) -> tuple[Result, float]:
     return result, _status_mb("VmHWM") - before
 
 
-def best_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function over `repeats` rounds after a warm-up call, the functions taking turns, so
-    a slow spell of a shared machine does not fall on one of them only."""
-    for function in functions.values():
-        function()  # warm-up: oneDNN primitive creation, the allocator
-    best = dict.fromkeys(functions, float("inf"))
+def interleaved_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each function over `repeats` rounds, the functions taking turns, so a slow spell of a shared
+    machine does not fall on one of them only. No warm-up: the caller's first calls are that."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
             began = time.perf_counter()
             function()
-            best[name] = min(best[name], time.perf_counter() - began)
-    return best
+            times[name].append(time.perf_counter() - began)
+    return times
+
+
+def best_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time of each function over `repeats` interleaved rounds after a warm-up call."""
+    for function in functions.values():
+        function()  # warm-up: oneDNN primitive creation, the allocator
+    return {name: min(times) for name, times in interleaved_times(functions, repeats).items()}
 
 
 def run_child(module: str, *args: str) -> dict:

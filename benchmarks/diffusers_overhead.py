@@ -18,12 +18,10 @@ goal ≥ 0.95); `quick` uses `--small-clips` (about half a minute here).
 import argparse
 import copy
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
-from benchmarks._common import table_row
+from benchmarks._common import interleaved_times, table_row
 
 # Per class: its config, the clip (frames, size) and the `--small-clips` one (about half the frames, a valid count,
 # at 64²). The clips are small, but large enough that one encode takes tens of milliseconds: timer noise stays
@@ -72,17 +70,6 @@ def _direct(model, frames: torch.Tensor) -> torch.Tensor:
         return normalisation.apply(mode)
 
 
-def _median_times(job: Callable[[], object], direct: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds of each, the two taking turns so a slow spell of a shared machine falls on both."""
-    rounds: dict[Callable[[], object], list[float]] = {job: [], direct: []}
-    for _ in range(repeats):
-        for fn, times in rounds.items():
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(rounds[job]), statistics.median(rounds[direct])
-
-
 def _measure_class(class_name: str, config: dict, frames_count: int, size: int, repeats: int) -> dict[str, float]:
     import vae
     from pipeline.encode.clip_encoding import ClipEncoder
@@ -94,7 +81,9 @@ def _measure_class(class_name: str, config: dict, frames_count: int, size: int, 
     encoder = ClipEncoder(model, torch.device("cpu"), torch.float32, max_frames_per_call=frames_count)
     frames = _clip(frames_count, size)
     ours, direct = encoder.encode(frames)[0], _direct(shipped, frames)  # warm-up, and the results compared
-    job_s, direct_s = _median_times(lambda: encoder.encode(frames), lambda: _direct(shipped, frames), repeats)
+    times = interleaved_times({"job": lambda: encoder.encode(frames), "direct": lambda: _direct(shipped, frames)},
+                              repeats)
+    job_s, direct_s = statistics.median(times["job"]), statistics.median(times["direct"])
     return {"frames": frames_count, "size": size, "job_s": job_s, "direct_s": direct_s,
             "max_abs_diff": (ours - direct).abs().max().item()}
 
