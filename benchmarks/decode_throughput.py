@@ -1,7 +1,7 @@
 """Decoded-and-resized frames per second with 1 and 2 decode workers, where resizing is cheapest, and how
 long a fast model waits for its frames.
 
-    python -m benchmarks.decode_throughput [--quick] [--frames 48] [--samples 6] [--repeats 3]
+    python -m benchmarks.decode_throughput [--quick] [--frames 32] [--samples 3] [--repeats 2]
 
 Synthetic footage (a smooth moving pattern) encoded in memory with PyAV: H.264 (libx264, CRF 23) at 480p,
 720p and 1080p, and AV1 (SVT-AV1) at 720p, which decord cannot decode and PyAV does. Each sample is decoded
@@ -49,7 +49,7 @@ REFERENCE = " ".join(QUICK_CASE)  # the case of the process ceiling and of where
 RESIZES = {"float32": ("float32", "native"), "torch": ("torch", "256"), "decoder": ("decoder", "256"),
            "none": ("torch", "native")}
 # Quick: two videos of two 16-frame clips each keep encoding the footage, the costliest step, to a few seconds.
-SCALES = {False: {"frames": 48, "samples": 6, "repeats": 3}, True: {"frames": 32, "samples": 2, "repeats": 2}}
+SCALES = {False: {"frames": 32, "samples": 3, "repeats": 2}, True: {"frames": 32, "samples": 2, "repeats": 2}}
 
 
 def footage(frames: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -44,8 +44,8 @@ def conv3d_chunk_limit(setting: str, device: torch.device, dtype: torch.dtype, c
     auto sizes the limit from the memory there is, so chunking costs nothing while a clip fits comfortably: an
     eighth of the available memory per input or output chunk (a quarter of free GPU memory on a GPU, which also
     bounds cuDNN's workspace), between 2**22 and 2**31 elements (32-bit indexing). benchmarks.conv3d_chunking
-    measured the trade on CPU: a model run contiguous (diffusers') chunked at 2**22 encoded with 0.54x the peak
-    memory growth (Wan 2.1), but up to 1.8x the time (CogVideoX). A model run channels-last on CPU (the native
+    measured the trade on CPU at 17x128²: a model run contiguous (diffusers' Wan 2.1) chunked at 2**22 encoded at
+    0.87x the speed for 1.05-1.75x less peak memory growth (two runs). A model run channels-last on CPU (the native
     3D VAE) needed more memory chunked, since oneDNN's channels-last 3D convolution takes little beyond its
     output, so it is chunked only above 2**31."""
     if setting == "off":
