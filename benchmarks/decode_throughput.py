@@ -90,18 +90,18 @@ def float32_resize(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
 
 
 def clip_decoder(decoder: str, resize_in: str = "torch", resolution: str = "256") -> Callable[[bytes], list]:
-    from pipeline.source.video_decode import ClipSampling, decode_clips, parse_resolution
+    from pipeline.source.video_decode import ClipSampling, DecodeOptions, decode_clips, parse_resolution
 
     sampling = ClipSampling(16, 1, 2)
     if resize_in == "float32":
         def decode(video: bytes) -> list:
-            clips = decode_clips(video, sampling, parse_resolution("native"), 8, decoder=decoder)
+            clips = decode_clips(video, sampling, parse_resolution("native"), 8, DecodeOptions(decoder))
             for clip in clips:
                 clip.frames = float32_resize(clip.frames.numpy(), 256, 256)
             return clips
         return decode
-    return lambda video: decode_clips(video, sampling, parse_resolution(resolution), 8, decoder=decoder,
-                                      resize_in=resize_in)
+    options = DecodeOptions(decoder, resize_in)
+    return lambda video: decode_clips(video, sampling, parse_resolution(resolution), 8, options)
 
 
 def decode_rates(videos: list[bytes], decode: Callable[[bytes], list], repeats: int,

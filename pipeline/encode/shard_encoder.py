@@ -31,6 +31,7 @@ from pipeline.source.shard_reader import ShardReader, ShardSample
 from pipeline.source.video_decode import (
     ClipSampling,
     DecodedClip,
+    DecodeOptions,
     VideoDecodeError,
     VideoLimits,
     decode_clips,
@@ -131,7 +132,6 @@ class ShardEncoder:
         self.scoring = scoring
         self.spatial_factor = model.spatial_factor
         self.settings = settings
-        self.decoder = decoder
         self.cache_fields = cache_fields
         self.batch_size = batch_size
         self.prefetch_samples = prefetch_samples
@@ -145,7 +145,8 @@ class ShardEncoder:
             self.resolution, frame_buckets = parse_resolution(settings.resolution), ()
         self.sampling = ClipSampling(settings.num_frames, settings.frame_stride, settings.clips_per_video,
                                      frame_buckets, settings.frame_extraction, settings.slide_step, settings.target_fps)
-        self.limits = VideoLimits(settings.max_pixels, settings.max_frames)
+        self.decode_options = DecodeOptions(decoder, settings.resize_in,
+                                            VideoLimits(settings.max_pixels, settings.max_frames))
         self.span_source = parse_span_source(settings.clip_spans_from) if settings.clip_spans_from else None
 
     def process(self, task: ShardTask, on_progress: Callable[[int, int], None] | None = None) -> ShardOutcome:
@@ -268,9 +269,8 @@ class ShardEncoder:
                 found = ", ".join(sorted(sample.members)) or "nothing"
                 return _DecodedSample(identity, [], f"no video member in this sample (found: {found})")
             spans = read_spans(identity.meta, self.span_source) if self.span_source else None
-            clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, limits=self.limits,
-                                 decoder=self.decoder, resize_in=self.settings.resize_in, spans=spans,
-                                 span_unit=self.span_source.unit if self.span_source else "seconds")
+            clips = decode_clips(video[1], self.sampling, self.resolution, self.spatial_factor, self.decode_options,
+                                 spans, self.span_source.unit if self.span_source else "seconds")
             return _DecodedSample(identity, clips, None)
         except (VideoDecodeError, UnicodeError, ValueError) as exc:
             return _DecodedSample(identity, [], str(exc) or type(exc).__name__)

@@ -2,10 +2,9 @@
 
 Which frames become clips is `clip_plan`'s (frame buckets, extraction modes); the target size is the
 `--resolution`, or the video's bucket (`buckets`). Frames are resized (bilinear, antialiased) to cover the
-target size, keeping the aspect ratio, then center-cropped. `resize_in`
-says where: "decoder" (FFmpeg's swscale while converting to RGB; the default, several times faster) or
-"torch" (float interpolation of the full-size RGB frames; the exact reference). The two agree within
-about 45 dB PSNR.
+target size, keeping the aspect ratio, then center-cropped. `DecodeOptions.resize_in` says where: "torch"
+(the default: torch's uint8 kernel on the full-size RGB frames, within one level of float interpolation) or
+"decoder" (FFmpeg's swscale while converting to RGB). The two agree within about 45 dB PSNR.
 """
 
 import re
@@ -119,6 +118,24 @@ class VideoLimits:
     max_frames: int = 100_000
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a video's frames are read and resized, whichever clips are taken and at whatever size.
+
+    `decoder` is `open_frames`'s choice (decord, pyav, or auto: decord, then PyAV for what decord cannot
+    decode); `resize_in` "torch" resizes on torch's intra-op threads, which the caller sets; `num_threads`
+    is decord's."""
+
+    decoder: str = "auto"
+    resize_in: str = "torch"
+    limits: VideoLimits = VideoLimits()
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize_in not in RESIZERS:
+            raise ValueError(f"resize_in must be one of {RESIZERS}, got {self.resize_in!r}")
+
+
 def _check_limits(stream: StreamInfo, limits: VideoLimits) -> None:
     if stream.height * stream.width > limits.max_pixels:
         raise VideoDecodeError(f"declared frame size {stream.height}x{stream.width} is over --max-pixels "
@@ -126,8 +143,7 @@ def _check_limits(stream: StreamInfo, limits: VideoLimits) -> None:
 
 
 def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | BucketSpec, spatial_factor: int,
-               num_threads: int = 1, limits: VideoLimits = VideoLimits(),
-               decoder: str = "auto", resize_in: str = "torch", spans: list[tuple[float, float]] | None = None,
+               options: DecodeOptions = DecodeOptions(), spans: list[tuple[float, float]] | None = None,
                span_unit: str = "seconds") -> Iterator[DecodedClip]:
     """Decode the planned clips one at a time, so memory holds one clip, not the video.
 
@@ -135,20 +151,16 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | Bu
     Everything that can be known before the first clip (unreadable bytes, too few frames, sizes that
     are not multiples of `spatial_factor`, a video smaller than every bucket) raises VideoDecodeError here,
     when called, before any clip is produced. A later clip can still fail to decode (damage inside the stream): the iterator
-    then raises VideoDecodeError after the clips already produced. `decoder` is `open_frames`'s choice
-    (decord, pyav, or auto: decord, then PyAV for what decord cannot decode); `num_threads` is decord's;
-    `resize_in` "torch" resizes on torch's intra-op threads, which the caller sets. `spans` ([start, end) in
+    then raises VideoDecodeError after the clips already produced. `spans` ([start, end) in
     seconds from the first frame, or source frames with `span_unit="frames"`) replace the extraction mode:
     one clip per span (`clip_plan.plan_spans`).
     """
     if spatial_factor < 1:
         raise ValueError(f"spatial_factor must be positive, got {spatial_factor}")
-    if resize_in not in RESIZERS:
-        raise ValueError(f"resize_in must be one of {RESIZERS}, got {resize_in!r}")
     if not video:
         raise VideoDecodeError("video is empty (0 bytes)")
     stream = probe_stream(video)
-    _check_limits(stream, limits)
+    _check_limits(stream, options.limits)
     if isinstance(resolution, BucketSpec):
         try:
             resolution = Resolution(*resolution.choose(stream.height, stream.width))
@@ -159,12 +171,12 @@ def iter_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | Bu
             f"resolution {resolution.height}x{resolution.width} is not a multiple of the VAE's spatial factor "
             f"{spatial_factor}")
     scaled = None
-    if resize_in == "decoder" and not resolution.is_native and stream.height and stream.width:
+    if options.resize_in == "decoder" and not resolution.is_native and stream.height and stream.width:
         scaled = cover_size(stream.height, stream.width, resolution.height, resolution.width)
-    reader = open_frames(video, decoder, num_threads, stream, scaled)
+    reader = open_frames(video, options.decoder, options.num_threads, stream, scaled)
     total = len(reader)
-    if total > limits.max_frames:
-        raise VideoDecodeError(f"video has {total} frames, over --max-frames {limits.max_frames}; not decoded")
+    if total > options.limits.max_frames:
+        raise VideoDecodeError(f"video has {total} frames, over --max-frames {options.limits.max_frames}; not decoded")
     # With a target fps, clips are planned on the resampled sequence; `source_of` maps it to source frames.
     times = reader.timestamps() if sampling.target_fps or (spans is not None and span_unit == "seconds") else None
     source_of = resample_to_fps(times, sampling.target_fps) if sampling.target_fps else np.arange(total)
@@ -239,9 +251,7 @@ def _span_frames(spans: list[tuple[float, float]], unit: str, times: np.ndarray 
 
 
 def decode_clips(video: bytes, sampling: ClipSampling, resolution: Resolution | BucketSpec, spatial_factor: int,
-                 num_threads: int = 1, limits: VideoLimits = VideoLimits(), decoder: str = "auto",
-                 resize_in: str = "torch", spans: list[tuple[float, float]] | None = None,
+                 options: DecodeOptions = DecodeOptions(), spans: list[tuple[float, float]] | None = None,
                  span_unit: str = "seconds") -> list[DecodedClip]:
     """All clips of a video at once; a failure on any clip raises, so callers get all clips or none."""
-    return list(iter_clips(video, sampling, resolution, spatial_factor, num_threads, limits, decoder, resize_in,
-                           spans, span_unit))
+    return list(iter_clips(video, sampling, resolution, spatial_factor, options, spans, span_unit))

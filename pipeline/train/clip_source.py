@@ -20,6 +20,7 @@ from PIL import Image
 from pipeline.source.shard_reader import IMAGE_EXTENSIONS, ShardReader, ShardSample
 from pipeline.source.video_decode import (
     ClipSampling,
+    DecodeOptions,
     Resolution,
     VideoDecodeError,
     VideoLimits,
@@ -154,7 +155,7 @@ class ClipSource:
         rng = seeded_rng(self.seed, epoch, sample.url, sample.key)
         try:
             if self.kind == "video":
-                clips = iter_clips(data[1], self.sampling, Resolution(), spatial_factor=1, limits=self.limits)
+                clips = iter_clips(data[1], self.sampling, Resolution(), 1, DecodeOptions(limits=self.limits))
                 for clip in clips:
                     yield self._crop(clip.frames.numpy(), rng)
             else:

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.source.clip_plan import ClipSampling, plan_clips
-from pipeline.source.video_decode import Resolution, decode_clips
+from pipeline.source.video_decode import DecodeOptions, Resolution, decode_clips
 from tests.media import encode_mp4, frame_index_of, moving_pattern
 
 # The module docstring's example: a 100-frame video, frame buckets 17 and 33, stride 1, 3 clips per video.
@@ -64,7 +64,7 @@ def test_decoded_clips_hold_the_planned_frames_of_every_bucket():
 def test_target_fps_picks_the_nearest_frames_by_time_and_records_the_real_rate(source_fps, expected, decoder):
     video = encode_mp4(moving_pattern(40, 48, 64), fps=source_fps)
     sampling = ClipSampling(8, clips_per_video=2, target_fps=12)
-    clips = decode_clips(video, sampling, Resolution(), spatial_factor=8, decoder=decoder)
+    clips = decode_clips(video, sampling, Resolution(), spatial_factor=8, options=DecodeOptions(decoder))
     first = clips[0]
     assert [frame_index_of(frame) for frame in first.frames.numpy()] == expected
     assert first.frame_start == 0 and first.fps == pytest.approx(7 * source_fps / expected[-1])
@@ -101,7 +101,7 @@ def test_variable_frame_rate_is_sampled_by_timestamps():
     seconds = np.array(times) / 40
     expected = [int(np.argmin(np.abs(seconds - j / 12) + 1e-9 * np.arange(20))) for j in range(14)]
     for decoder in ("decord", "pyav"):
-        (clip,) = decode_clips(video, ClipSampling(14, target_fps=12), Resolution(), spatial_factor=8, decoder=decoder)
+        (clip,) = decode_clips(video, ClipSampling(14, target_fps=12), Resolution(), spatial_factor=8, options=DecodeOptions(decoder))
         assert [frame_index_of(frame) for frame in clip.frames.numpy()] == expected
 
 
@@ -113,7 +113,7 @@ def test_spans_become_exactly_those_clips_the_longest_bucket_that_fits_each():
     meta = '{"scenes": [[0.0, 0.4], ["00:00:01.000", "00:00:02.000"], [0.44, 0.56], [2.2, 2.4]]}'
     spans = read_spans(meta, SpanSource("scenes"))
     for decoder in ("decord", "pyav"):
-        clips = decode_clips(video, sampling, Resolution(), 8, decoder=decoder, spans=spans)
+        clips = decode_clips(video, sampling, Resolution(), 8, DecodeOptions(decoder), spans)
         # [0, 0.4 s) holds frames 0-9: 8 fit; [1 s, 2 s) frames 25-49: 16; [0.44, 0.56) 11-13: none (3 < 4);
         # [2.2, 2.4) frames 55-59: 4.
         assert [(c.frame_start, c.num_frames) for c in clips] == [(0, 8), (25, 16), (55, 4)]

@@ -5,6 +5,7 @@ import torch
 from pipeline.source.clip_plan import plan_clips
 from pipeline.source.video_decode import (
     ClipSampling,
+    DecodeOptions,
     Resolution,
     VideoDecodeError,
     decode_clips,
@@ -198,8 +199,8 @@ def test_resizing_in_the_decoder_is_swscale_bilinear_and_close_to_the_reference(
 
     video = sample_video_path("carphone_pristine.mp4").read_bytes()  # 144x176
     sampling = ClipSampling(8, frame_stride=2, clips_per_video=2)
-    in_decoder = decode_clips(video, sampling, parse_resolution("64x96"), 8, decoder=decoder, resize_in="decoder")
-    by_torch = decode_clips(video, sampling, parse_resolution("64x96"), 8, decoder=decoder)
+    in_decoder = decode_clips(video, sampling, parse_resolution("64x96"), 8, DecodeOptions(decoder, "decoder"))
+    by_torch = decode_clips(video, sampling, parse_resolution("64x96"), 8, DecodeOptions(decoder))
     with av.open(io.BytesIO(video)) as container:
         frames = list(container.decode(video=0))
     for clip, reference in zip(in_decoder, by_torch, strict=True):

@@ -15,6 +15,7 @@ from pipeline.run.job_plan import plan_job
 from pipeline.source.frame_readers import PyAVFrames, open_frames
 from pipeline.source.video_decode import (
     ClipSampling,
+    DecodeOptions,
     Resolution,
     VideoDecodeError,
     decode_clips,
@@ -59,8 +60,8 @@ def test_every_codec_decodes_to_the_frames_pyav_gives(videos, kind):
 
 def test_pyav_and_decord_give_the_same_frames_of_h264():
     video = encode_mp4(moving_pattern(20, 64, 96, seed=5))
-    by_decord = decode_clips(video, SAMPLING, Resolution(), 8, decoder="decord")
-    by_pyav = decode_clips(video, SAMPLING, Resolution(), 8, decoder="pyav")
+    by_decord = decode_clips(video, SAMPLING, Resolution(), 8, DecodeOptions("decord"))
+    by_pyav = decode_clips(video, SAMPLING, Resolution(), 8, DecodeOptions("pyav"))
     assert [c.decoder for c in by_pyav] == ["pyav", "pyav"] and [c.decoder for c in by_decord] == ["decord", "decord"]
     for a, b in zip(by_decord, by_pyav):
         assert a.frame_start == b.frame_start and a.fps == pytest.approx(b.fps)
@@ -79,7 +80,7 @@ def test_pyav_reads_forward_and_restarts_for_an_earlier_frame(videos):
 
 def test_only_decord_refuses_av1_naming_the_stream(videos):
     with pytest.raises(VideoDecodeError) as error:
-        decode_clips(videos["av1"], SAMPLING, Resolution(32, 48), 8, decoder="decord")
+        decode_clips(videos["av1"], SAMPLING, Resolution(32, 48), 8, DecodeOptions("decord"))
     assert "AV1" in error.value.reason and "decord: " in error.value.reason
     assert "pyav: " not in error.value.reason
 

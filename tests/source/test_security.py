@@ -15,6 +15,7 @@ import pytest
 from jobs.encode import main as encode_main
 from pipeline.source.video_decode import (
     ClipSampling,
+    DecodeOptions,
     VideoDecodeError,
     VideoLimits,
     decode_clips,
@@ -84,9 +85,10 @@ def test_sample_keys_are_never_paths(tmp_path, local_ray):
 def test_oversized_videos_are_refused_before_decoding():
     video = huge_mp4(512)
     with pytest.raises(VideoDecodeError, match="declared frame size 512x512 is over --max-pixels"):
-        decode_clips(video, ClipSampling(2), parse_resolution("32"), 2, limits=VideoLimits(max_pixels=256 * 256))
+        decode_clips(video, ClipSampling(2), parse_resolution("32"), 2,
+                     DecodeOptions(limits=VideoLimits(max_pixels=256 * 256)))
     with pytest.raises(VideoDecodeError, match="2 frames, over --max-frames 1"):
-        decode_clips(video, ClipSampling(1), parse_resolution("32"), 2, limits=VideoLimits(max_frames=1))
+        decode_clips(video, ClipSampling(1), parse_resolution("32"), 2, DecodeOptions(limits=VideoLimits(max_frames=1)))
     (clip,) = decode_clips(video, ClipSampling(2), parse_resolution("32"), 2)
     assert clip.frames.shape == (2, 32, 32, 3)
 
