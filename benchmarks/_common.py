@@ -79,6 +79,12 @@ def moving_pattern(frames: int, height: int, width: int) -> torch.Tensor:
     return torch.stack(channels).unsqueeze(0)
 
 
+def uint8_clip(frames: int, size: int) -> torch.Tensor:
+    """Seeded random uint8 (1, T, H, W, 3) frames, as the decoder hands them to the encoder."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (1, frames, size, size, 3), dtype=torch.uint8, generator=generator)
+
+
 def table_row(figure: str, value: float, baseline: str, ratio: float, goal: str) -> dict[str, object]:
     """One row of `python -m benchmarks`: what was measured, our value, the named baseline (with its value),
     ours over the baseline's with higher better, and the goal it is held to ("-" where there is none)."""

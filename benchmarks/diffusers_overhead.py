@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from benchmarks._common import interleaved_times, table_row
+from benchmarks._common import interleaved_times, table_row, uint8_clip
 
 # Per class: its config, the clip (frames, size) and the `--small-clips` one (about half the frames, a valid count,
 # at 64²). The clips are small, but large enough that one encode takes tens of milliseconds: timer noise stays
@@ -49,12 +49,6 @@ CONFIGS = {
 }
 
 
-def _clip(frames: int, size: int) -> torch.Tensor:
-    """uint8 (1, T, H, W, 3) frames, as the decoder hands them to the encoder."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (1, frames, size, size, 3), dtype=torch.uint8, generator=generator)
-
-
 def _direct(model, frames: torch.Tensor) -> torch.Tensor:
     """The job's result computed with diffusers' own calls, as a user of the class would write it."""
     wrapped, normalisation = model.wrapped, model.latent_normalisation
@@ -79,7 +73,7 @@ def _measure_class(class_name: str, config: dict, frames_count: int, size: int, 
     # The job's copy may have its convolutions chunked (--conv3d-chunk-elements auto); diffusers' stays as shipped.
     shipped = copy.deepcopy(model)
     encoder = ClipEncoder(model, torch.device("cpu"), torch.float32, max_frames_per_call=frames_count)
-    frames = _clip(frames_count, size)
+    frames = uint8_clip(frames_count, size)
     ours, direct = encoder.encode(frames)[0], _direct(shipped, frames)  # warm-up, and the results compared
     times = interleaved_times({"job": lambda: encoder.encode(frames), "direct": lambda: _direct(shipped, frames)},
                               repeats)

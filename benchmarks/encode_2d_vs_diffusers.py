@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from benchmarks._common import best_times, table_row
+from benchmarks._common import best_times, table_row, uint8_clip
 
 
 def conv_ceiling(model: nn.Module, run: Callable[[], object], repeats: int) -> tuple[float, int]:
@@ -74,10 +74,6 @@ def _models(preset: str, dtype: torch.dtype):
     return ClipEncoder(ours, torch.device("cpu"), dtype), reference, reference_cl
 
 
-def _clip(frames: int, size: int) -> torch.Tensor:
-    return torch.randint(0, 256, (1, frames, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-
-
 def measure(preset: str, size: int, frames: int, repeats: int, dtype: torch.dtype = torch.float32,
             ceiling: bool = True) -> dict[str, float]:
     """frames/s of the three variants, all computing in `dtype`, and, with `ceiling`, the production path's share
@@ -86,7 +82,7 @@ def measure(preset: str, size: int, frames: int, repeats: int, dtype: torch.dtyp
 
     encoder, reference, reference_cl = _models(preset, dtype)
     scale, shift = PRESETS[preset].scale_factor, PRESETS[preset].shift_factor
-    clip = _clip(frames, size)
+    clip = uint8_clip(frames, size)
 
     def production() -> torch.Tensor:
         return encoder.encode(clip)[0].to(torch.float16)
@@ -118,7 +114,7 @@ def measure_compile(preset: str, size: int, frames: int, repeats: int) -> dict[s
     from pipeline.encode.clip_encoding import frames_to_model_input
 
     encoder, _, _ = _models(preset, torch.float32)
-    x = frames_to_model_input(_clip(frames, size), torch.device("cpu"), torch.float32)
+    x = frames_to_model_input(uint8_clip(frames, size), torch.device("cpu"), torch.float32)
     eager = encoder.model.encode_moments
     with inductor.patch(freezing=True), torch.inference_mode():
         compiled = torch.compile(eager, dynamic=False)

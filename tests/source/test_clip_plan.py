@@ -101,7 +101,8 @@ def test_variable_frame_rate_is_sampled_by_timestamps():
     seconds = np.array(times) / 40
     expected = [int(np.argmin(np.abs(seconds - j / 12) + 1e-9 * np.arange(20))) for j in range(14)]
     for decoder in ("decord", "pyav"):
-        (clip,) = decode_clips(video, ClipSampling(14, target_fps=12), Resolution(), spatial_factor=8, options=DecodeOptions(decoder))
+        (clip,) = decode_clips(video, ClipSampling(14, target_fps=12), Resolution(), spatial_factor=8,
+                               options=DecodeOptions(decoder))
         assert [frame_index_of(frame) for frame in clip.frames.numpy()] == expected
 
 
